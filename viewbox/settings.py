@@ -129,6 +129,7 @@ STORAGES = {
 }
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 # Quarantined input is outside the storage that serves patients on purpose:
 # nothing in it has been checked, and only staff should ever read it.
 QUARANTINE_DIR = DATA_DIR / "quarantine"
@@ -161,9 +162,9 @@ ICODE_VALID_DAYS = 90
 # Failed I-Code sign-ins: per client address, per code, and for the whole
 # portal. The portal-wide limit stops one guesser spread over many addresses.
 ICODE_THROTTLE = {
-    "client": {"limit": 10, "window_minutes": 15},
-    "code": {"limit": 5, "window_minutes": 15},
-    "portal": {"limit": 500, "window_minutes": 60},
+    "icode-client": {"limit": 10, "window_minutes": 15},
+    "icode-code": {"limit": 5, "window_minutes": 15},
+    "icode-portal": {"limit": 500, "window_minutes": 60},
 }
 
 # Rendered images: the largest edge a JPEG gets, in pixels, by purpose.

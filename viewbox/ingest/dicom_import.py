@@ -1,0 +1,218 @@
+"""Importing DICOM files: stored byte for byte, matched to exams.
+
+A file is matched to an exam by its Accession Number (0008,0050) and Patient
+ID (0010,0020), the medical record number of the RIS. Files whose exam is
+not known yet are kept in an unmatched study that is attached when the
+order arrives. Files that are not usable DICOM go to the quarantine.
+"""
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import pydicom
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+from viewbox.audit.actions import record_event
+from viewbox.records.models import Exam, Instance, Series, Study
+from viewbox.viewer.tasks import render_previews
+
+logger = logging.getLogger(__name__)
+
+# PS3.5 section 9.1: components of digits separated by dots, 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_PIXEL_DATA = 0x7FE00010
+
+
+class UnusableDicomError(Exception):
+    """The file cannot be stored; the message says why, without patient data."""
+
+
+@dataclass(frozen=True)
+class DicomImportResult:
+    status: str  # "stored", "duplicate" or "rejected"
+    reason: str = ""
+    instance: Instance | None = None
+
+
+def _uid(ds: FileDataset, keyword: str) -> str:
+    value = str(ds.get(keyword, "") or "").strip()
+    if not value:
+        raise UnusableDicomError(f"{keyword} is missing")
+    if len(value) > 64 or not _UID.match(value):
+        raise UnusableDicomError(f"{keyword} is not a valid UID: {value[:70]!r}")
+    return value
+
+
+def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
+    return str(ds.get(keyword, "") or "").strip()[:max_length]
+
+
+def _integer(ds: FileDataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _study_date(ds: FileDataset) -> date | None:
+    try:
+        return datetime.strptime(str(ds.get("StudyDate", "")), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _check_pixel_data(ds: FileDataset) -> None:
+    """Reject native pixel data shorter than its rows, columns and frames need."""
+    if _PIXEL_DATA not in ds:
+        return
+    transfer_syntax = ds.file_meta.TransferSyntaxUID
+    if transfer_syntax.is_compressed:
+        return
+    rows, columns = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
+    bits = _integer(ds, "BitsAllocated") or 0
+    samples = _integer(ds, "SamplesPerPixel") or 1
+    frames = _integer(ds, "NumberOfFrames") or 1
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    length = ds.get_item(_PIXEL_DATA).length
+    if length < expected:
+        raise UnusableDicomError(
+            f"Pixel Data (7FE0,0010) is truncated: {length} bytes, {expected} expected"
+        )
+
+
+def read_header(path: Path) -> FileDataset:
+    """Read a file's data set, leaving pixel data on disk, or raise UnusableDicomError."""
+    try:
+        ds = pydicom.dcmread(path, defer_size="64 KB")
+    except InvalidDicomError as error:
+        raise UnusableDicomError(f"not a DICOM file ({error})") from error
+    except Exception as error:  # pydicom raises many kinds on broken input
+        raise UnusableDicomError(f"unreadable DICOM data ({type(error).__name__})") from error
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        raise UnusableDicomError("File Meta Information has no Transfer Syntax UID (0002,0010)")
+    _check_pixel_data(ds)
+    return ds
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _find_exam(accession_number: str, patient_id: str) -> Exam | None:
+    if not accession_number or not patient_id:
+        return None
+    matches = list(
+        Exam.objects.filter(
+            accession_number=accession_number, visit__patient__mrn=patient_id
+        )[:2]
+    )
+    return matches[0] if len(matches) == 1 else None
+
+
+def _study_for(ds: FileDataset) -> Study:
+    uid = _uid(ds, "StudyInstanceUID")
+    accession_number = _text(ds, "AccessionNumber", 16)
+    patient_id = _text(ds, "PatientID", 64)
+    study, created = Study.objects.select_for_update().get_or_create(
+        study_instance_uid=uid,
+        defaults={
+            "accession_number": accession_number,
+            "patient_id": patient_id,
+            "study_date": _study_date(ds),
+        },
+    )
+    if not created and (study.accession_number, study.patient_id) != (
+        accession_number,
+        patient_id,
+    ):
+        raise UnusableDicomError(
+            "StudyInstanceUID is already stored with another Accession Number "
+            "or Patient ID"
+        )
+    if study.exam_id is None:
+        exam = _find_exam(accession_number, patient_id)
+        if exam is not None:
+            study.exam = exam
+            study.save(update_fields=["exam"])
+    return study
+
+
+def _series_for(ds: FileDataset, study: Study) -> Series:
+    series, created = Series.objects.get_or_create(
+        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        defaults={
+            "study": study,
+            "modality": _text(ds, "Modality", 16),
+            "description": _text(ds, "SeriesDescription", 128),
+            "series_number": _integer(ds, "SeriesNumber"),
+        },
+    )
+    if not created and series.study_id != study.pk:
+        raise UnusableDicomError("SeriesInstanceUID is already stored in another study")
+    return series
+
+
+def import_dicom_file(path: Path) -> DicomImportResult:
+    """Store one DICOM file; raise UnusableDicomError when it cannot be."""
+    ds = read_header(path)
+    sop_instance_uid = _uid(ds, "SOPInstanceUID")
+    sop_class_uid = _uid(ds, "SOPClassUID")
+    sha256 = _sha256(path)
+
+    existing = Instance.objects.filter(sop_instance_uid=sop_instance_uid).first()
+    if existing is not None:
+        if existing.sha256 == sha256:
+            return DicomImportResult("duplicate", instance=existing)
+        raise UnusableDicomError(
+            "SOPInstanceUID is already stored with different content; "
+            "the stored file is kept"
+        )
+
+    has_pixels = _PIXEL_DATA in ds
+    with transaction.atomic():
+        study = _study_for(ds)
+        series = _series_for(ds, study)
+        instance = Instance(
+            series=series,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            instance_number=_integer(ds, "InstanceNumber"),
+            rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
+            columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
+            number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
+            size=path.stat().st_size,
+            sha256=sha256,
+        )
+        # File names come from internal ids, never from tag values.
+        wanted = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+        with path.open("rb") as stream:
+            instance.file = default_storage.save(wanted, File(stream))
+        try:
+            instance.save()
+        except Exception:
+            default_storage.delete(instance.file)
+            raise
+        record_event(
+            "images.import",
+            actor_kind="import",
+            patient_id=study.exam.visit.patient_id if study.exam else None,
+            exam_id=study.exam_id,
+        )
+        transaction.on_commit(lambda: render_previews.enqueue(instance.pk))
+    if study.exam_id is None:
+        logger.info("Stored instance %d in unmatched study %d", instance.pk, study.pk)
+    return DicomImportResult("stored", instance=instance)

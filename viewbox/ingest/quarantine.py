@@ -1,0 +1,32 @@
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+
+from viewbox.ingest.models import QuarantinedFile
+
+logger = logging.getLogger(__name__)
+
+
+def quarantine_file(path: Path, kind: str, reason: str, *, move: bool) -> QuarantinedFile:
+    """Keep a rejected input file aside for staff, under a name of our own.
+
+    The file is moved when ``move`` is set and the folder allows it, else
+    copied, so that a read-only source folder still gets its files kept.
+    """
+    folder = Path(settings.QUARANTINE_DIR) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}{path.suffix.lower()[:8]}"
+    if move:
+        try:
+            shutil.move(path, target)
+        except OSError:
+            logger.warning("Could not move a rejected file, copying it instead")
+            shutil.copyfile(path, target)
+    else:
+        shutil.copyfile(path, target)
+    return QuarantinedFile.objects.create(
+        kind=kind, original_name=path.name[:255], path=str(target), reason=reason
+    )

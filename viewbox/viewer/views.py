@@ -1,0 +1,244 @@
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from viewbox.access import actions as access_actions
+from viewbox.access.scope import (
+    Requester,
+    access_exam_by_public_id,
+    access_instance_by_public_id,
+    exams_for,
+    instances_for,
+    requester_from_request,
+)
+from viewbox.audit.actions import record_event
+from viewbox.directory.models import ImagingGroup, Location, State
+from viewbox.records.models import Exam
+from viewbox.records.release import report_state
+from viewbox.viewer.forms import ICodeForm
+from viewbox.viewer.previews import preview_jpeg
+from viewbox.viewer.rendering import RenderError
+
+logger = logging.getLogger(__name__)
+
+SESSION_GROUP_SLUG = "viewbox_group_slug"
+
+View = Callable[..., HttpResponse]
+
+
+def patient_required(view: View) -> View:
+    """Pass the signed-in requester to the view, or send the browser home."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        requester = requester_from_request(request)
+        if requester is None:
+            return redirect("viewer:start")
+        return view(request, requester, *args, **kwargs)
+
+    return wrapper
+
+
+def _audit_view(requester: Requester, action: str, exam: Exam | None = None) -> None:
+    record_event(
+        action,
+        actor_kind=requester.kind,
+        actor_id=requester.actor_id,
+        patient_id=requester.patient_id,
+        exam_id=exam.pk if exam else None,
+        client_address=requester.client_address,
+    )
+
+
+# Finding the portal: state, imaging group, location.
+
+
+@require_GET
+def start(request: HttpRequest) -> HttpResponse:
+    states = State.objects.filter(groups__isnull=False).distinct()
+    return render(request, "viewer/start.html", {"states": states})
+
+
+@require_GET
+def choose_group(request: HttpRequest, state_code: str) -> HttpResponse:
+    state = get_object_or_404(State, code=state_code.upper())
+    return render(request, "viewer/choose_group.html", {"state": state, "groups": state.groups.all()})
+
+
+@require_GET
+def group_portal(request: HttpRequest, group_slug: str) -> HttpResponse:
+    group = get_object_or_404(ImagingGroup.objects.select_related("state"), slug=group_slug)
+    return render(request, "viewer/group_portal.html", {"group": group})
+
+
+@require_GET
+def choose_location(request: HttpRequest, group_slug: str) -> HttpResponse:
+    group = get_object_or_404(ImagingGroup, slug=group_slug)
+    return render(request, "viewer/choose_location.html", {"group": group, "locations": group.locations.all()})
+
+
+def _location(group_slug: str, location_slug: str) -> Location:
+    return get_object_or_404(
+        Location.objects.select_related("group__state"), group__slug=group_slug, slug=location_slug
+    )
+
+
+@require_GET
+def sign_in_choices(request: HttpRequest, group_slug: str, location_slug: str) -> HttpResponse:
+    location = _location(group_slug, location_slug)
+    return render(request, "viewer/sign_in_choices.html", {"location": location, "group": location.group})
+
+
+@require_http_methods(["GET", "POST"])
+def icode_sign_in(request: HttpRequest, group_slug: str, location_slug: str) -> HttpResponse:
+    location = _location(group_slug, location_slug)
+    form = ICodeForm(request.POST if request.method == "POST" else None)
+    problem = None
+    if request.method == "POST" and form.is_valid():
+        result = access_actions.sign_in_with_icode(
+            request, location.group, form.cleaned_data["code"], form.cleaned_data["birth_date"]
+        )
+        if result is access_actions.SignInResult.SUCCESS:
+            request.session[SESSION_GROUP_SLUG] = location.group.slug
+            return redirect("viewer:exam_list")
+        problem = result.value
+    context = {"location": location, "group": location.group, "form": form, "problem": problem}
+    status = 200 if problem is None else (429 if problem == "throttled" else 400)
+    if request.method == "POST" and not form.is_valid():
+        status = 400
+    return render(request, "viewer/icode_sign_in.html", context, status=status)
+
+
+@require_POST
+def sign_out(request: HttpRequest) -> HttpResponse:
+    group_slug = request.session.get(SESSION_GROUP_SLUG)
+    access_actions.sign_out(request)
+    response = redirect("viewer:group_portal", group_slug) if group_slug else redirect("viewer:start")
+    return response
+
+
+# The exam view: list on the left, three tabs on the right.
+
+
+def _local_time_zone(exam: Exam) -> ZoneInfo:
+    return ZoneInfo(exam.visit.location.state.time_zone)
+
+
+def _exam_context(request: HttpRequest, requester: Requester, exam: Exam | None, tab: str) -> dict[str, Any]:
+    group = ImagingGroup.objects.filter(slug=request.session.get(SESSION_GROUP_SLUG)).first()
+    return {
+        "exams": list(exams_for(requester)),
+        "exam": exam,
+        "tab": tab,
+        "group": group,
+        "time_zone": _local_time_zone(exam) if exam else None,
+    }
+
+
+@require_GET
+@patient_required
+def exam_list(request: HttpRequest, requester: Requester) -> HttpResponse:
+    _audit_view(requester, "exam.list")
+    return render(request, "viewer/exam_list.html", _exam_context(request, requester, None, ""))
+
+
+@require_GET
+@patient_required
+def exam_summary(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+    exam = access_exam_by_public_id(requester, exam_id)
+    _audit_view(requester, "exam.summary", exam)
+    context = _exam_context(request, requester, exam, "summary")
+    context["report"] = report_state(exam)
+    return render(request, "viewer/exam_summary.html", context)
+
+
+@require_GET
+@patient_required
+def exam_report(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+    exam = access_exam_by_public_id(requester, exam_id)
+    state = report_state(exam)
+    _audit_view(requester, "report.view" if state.released else "report.unavailable", exam)
+    context = _exam_context(request, requester, exam, "report")
+    context["report"] = state
+    return render(request, "viewer/exam_report.html", context)
+
+
+@require_GET
+@patient_required
+def exam_report_print(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+    exam = access_exam_by_public_id(requester, exam_id)
+    state = report_state(exam)
+    if state.released is None:
+        raise Http404("Not found")
+    _audit_view(requester, "report.print", exam)
+    context = {"exam": exam, "report": state, "time_zone": _local_time_zone(exam)}
+    return render(request, "viewer/report_print.html", context)
+
+
+@require_GET
+@patient_required
+def exam_images(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+    exam = access_exam_by_public_id(requester, exam_id)
+    _audit_view(requester, "images.list", exam)
+    context = _exam_context(request, requester, exam, "images")
+    context["instances"] = [i for i in instances_for(exam) if i.has_pixels]
+    context["tile_edge"] = settings.RENDER_TILE_EDGE
+    return render(request, "viewer/exam_images.html", context)
+
+
+def _frame_number(request: HttpRequest, frames: int) -> int:
+    """Return the 1-based frame asked for in the query, within the image."""
+    try:
+        frame = int(request.GET.get("frame", "1"))
+    except ValueError:
+        frame = 1
+    return min(max(frame, 1), frames)
+
+
+@require_GET
+@patient_required
+def image_view(request: HttpRequest, requester: Requester, exam_id: str, instance_id: str) -> HttpResponse:
+    exam, instance = access_instance_by_public_id(requester, exam_id, instance_id)
+    frame = _frame_number(request, instance.number_of_frames)
+    _audit_view(requester, "image.view", exam)
+    context = _exam_context(request, requester, exam, "images")
+    position = list(instances_for(exam).filter(rows__gt=0).values_list("public_id", flat=True))
+    index = position.index(instance.public_id)
+    context.update(
+        {
+            "instance": instance,
+            "frame": frame,
+            "edges": settings.RENDER_VIEW_EDGES,
+            "previous_id": position[index - 1] if index > 0 else None,
+            "next_id": position[index + 1] if index + 1 < len(position) else None,
+            "image_number": index + 1,
+            "image_count": len(position),
+        }
+    )
+    return render(request, "viewer/image_view.html", context)
+
+
+@require_GET
+@patient_required
+def image_jpeg(
+    request: HttpRequest, requester: Requester, exam_id: str, instance_id: str, frame: int, edge: int
+) -> HttpResponse:
+    allowed_edges = (settings.RENDER_TILE_EDGE, *settings.RENDER_VIEW_EDGES)
+    exam, instance = access_instance_by_public_id(requester, exam_id, instance_id)
+    if edge not in allowed_edges or not 1 <= frame <= instance.number_of_frames:
+        raise Http404("Not found")
+    try:
+        jpeg = preview_jpeg(instance, frame=frame - 1, edge=edge)
+    except RenderError as error:
+        logger.warning("Cannot render instance %d: %s", instance.pk, error)
+        return HttpResponse(_("This image cannot be shown."), status=422, content_type="text/plain")
+    return HttpResponse(jpeg, content_type="image/jpeg")
+

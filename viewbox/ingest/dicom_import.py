@@ -82,7 +82,11 @@ def _check_pixel_data(ds: FileDataset) -> None:
     samples = _integer(ds, "SamplesPerPixel") or 1
     frames = _integer(ds, "NumberOfFrames") or 1
     expected = (rows * columns * samples * frames * bits + 7) // 8
-    length = ds.get_item(_PIXEL_DATA).length
+    # A deferred element is still raw and knows its length without reading.
+    item = ds.get_item(_PIXEL_DATA)
+    length = getattr(item, "length", None)
+    if length is None:
+        length = len(item.value or b"")
     if length < expected:
         raise UnusableDicomError(
             f"Pixel Data (7FE0,0010) is truncated: {length} bytes, {expected} expected"

@@ -1,0 +1,169 @@
+import logging
+from datetime import date
+from io import StringIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from django.core.management import CommandError, call_command
+from pydicom.uid import generate_uid
+
+from viewbox.conftest import make_exam, make_patient, package_path
+from viewbox.ingest.models import QuarantinedFile
+from viewbox.records.actions import attach_waiting_studies
+from viewbox.records.models import Instance, Series, Study
+
+CT = package_path("data_store", "data/693_J2KR.dcm")
+US_MULTIFRAME = package_path("data_store", "data/color3d_jpeg_baseline.dcm")
+
+
+def write_copy(source: Path, target: Path, patient_id: str, accession: str, **uids: str) -> Path:
+    ds = pydicom.dcmread(source)
+    ds.PatientID = patient_id
+    ds.PatientName = "TESTPATIENT^ALICE"
+    ds.AccessionNumber = accession
+    ds.StudyInstanceUID = uids.get("study", generate_uid())
+    ds.SeriesInstanceUID = uids.get("series", generate_uid())
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uids.get("sop", generate_uid())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def run_import(*paths: Path) -> tuple[str, str, int]:
+    stdout, stderr = StringIO(), StringIO()
+    try:
+        call_command("import_dicom", *map(str, paths), stdout=stdout, stderr=stderr)
+        status = 0
+    except CommandError as error:
+        status = error.returncode
+    return stdout.getvalue(), stderr.getvalue(), status
+
+
+@pytest.fixture
+def alice_exam(california):
+    alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+    return make_exam(alice, california, "ACC1001")
+
+
+@pytest.mark.django_db
+class TestRejectedFiles:
+    def test_non_dicom_file_is_quarantined_and_the_rest_imported(self, alice_exam, tmp_path) -> None:
+        folder = tmp_path / "in"
+        write_copy(CT, folder / "good.dcm", "DEMO-1001", "ACC1001")
+        (folder / "notes.txt").write_text("not an image")
+        stdout, stderr, status = run_import(folder)
+        assert status == 1
+        assert f"{folder / 'notes.txt'}: rejected: not a DICOM file" in stderr
+        assert "1 stored, 0 duplicate, 1 rejected" in stdout
+        assert Instance.objects.count() == 1
+        kept = QuarantinedFile.objects.get()
+        assert kept.original_name == "notes.txt"
+        assert Path(kept.path).read_text() == "not an image"
+        assert not (folder / "notes.txt").exists()
+
+    def test_truncated_pixel_data_is_quarantined(self, alice_exam, tmp_path) -> None:
+        source = package_path("data_store", "data/693_UNCI.dcm")
+        path = write_copy(source, tmp_path / "in" / "short.dcm", "DEMO-1001", "ACC1001")
+        path.write_bytes(path.read_bytes()[:-1000])
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert "Pixel Data (7FE0,0010) is truncated: 523288 bytes, 524288 expected" in stderr
+        assert Instance.objects.count() == 0
+
+    def test_missing_uid_is_quarantined(self, alice_exam, tmp_path) -> None:
+        path = write_copy(CT, tmp_path / "in" / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        del ds.SeriesInstanceUID
+        ds.save_as(path)
+        _, stderr, _ = run_import(path)
+        assert "SeriesInstanceUID is missing" in stderr
+        assert Study.objects.count() == 0
+
+    def test_same_uid_with_other_content_keeps_the_stored_file(self, alice_exam, tmp_path) -> None:
+        sop = generate_uid()
+        first = write_copy(CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001", sop=sop)
+        run_import(first)
+        stored = Instance.objects.get()
+        second = write_copy(US_MULTIFRAME, tmp_path / "b" / "2.dcm", "DEMO-1001", "ACC1001", sop=sop)
+        _, stderr, status = run_import(second)
+        assert status == 1
+        assert "SOPInstanceUID is already stored with different content" in stderr
+        assert Instance.objects.get().sha256 == stored.sha256
+
+    def test_study_uid_of_another_patient_is_refused(self, alice_exam, tmp_path) -> None:
+        study = generate_uid()
+        run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001", study=study))
+        _, stderr, _ = run_import(write_copy(CT, tmp_path / "b.dcm", "DEMO-9999", "ACC1001", study=study))
+        assert "StudyInstanceUID is already stored with another Accession Number or Patient ID" in stderr
+        assert Instance.objects.count() == 1
+
+    def test_rejection_log_holds_no_patient_data(self, alice_exam, tmp_path, caplog) -> None:
+        caplog.set_level(logging.INFO)
+        path = write_copy(CT, tmp_path / "x.dcm", "DEMO-1001", "ACC1001")
+        path.write_bytes(path.read_bytes()[:200])
+        run_import(path)
+        assert "Rejected DICOM file x.dcm" in caplog.text
+        for secret in ("DEMO-1001", "ACC1001", "TESTPATIENT"):
+            assert secret not in caplog.text
+
+
+@pytest.mark.django_db
+class TestStoredFiles:
+    def test_file_is_stored_byte_for_byte_under_an_internal_name(self, alice_exam, tmp_path) -> None:
+        from django.core.files.storage import default_storage
+
+        path = write_copy(CT, tmp_path / "../../evil name.dcm", "DEMO-1001", "ACC1001")
+        run_import(path)
+        instance = Instance.objects.get()
+        assert instance.file == (
+            f"dicom/{instance.series.study_id}/{instance.series_id}/{instance.public_id.hex}.dcm"
+        )
+        with default_storage.open(instance.file, "rb") as stored:
+            assert stored.read() == path.read_bytes()
+
+    def test_file_is_matched_to_its_exam(self, alice_exam, tmp_path) -> None:
+        run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))
+        assert Study.objects.get().exam == alice_exam
+
+    def test_multiframe_file_is_one_instance(self, alice_exam, tmp_path) -> None:
+        run_import(write_copy(US_MULTIFRAME, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))
+        instance = Instance.objects.get()
+        assert instance.number_of_frames == 120
+        assert (instance.rows, instance.columns) == (480, 640)
+
+    def test_importing_twice_changes_nothing(self, alice_exam, tmp_path) -> None:
+        folder = tmp_path / "in"
+        write_copy(CT, folder / "1.dcm", "DEMO-1001", "ACC1001")
+        write_copy(US_MULTIFRAME, folder / "2.dcm", "DEMO-1001", "ACC1001")
+        run_import(folder)
+        before = list(Instance.objects.order_by("pk").values())
+        stdout, _, status = run_import(folder)
+        assert status == 0
+        assert "0 stored, 2 duplicate, 0 rejected" in stdout
+        assert list(Instance.objects.order_by("pk").values()) == before
+        assert Series.objects.count() == 2
+
+    def test_file_without_order_waits_and_is_attached_later(self, california, tmp_path) -> None:
+        run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))
+        study = Study.objects.get()
+        assert study.exam is None
+        alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+        exam = make_exam(alice, california, "ACC1001")
+        assert attach_waiting_studies(exam) == 1
+        study.refresh_from_db()
+        assert study.exam == exam
+
+    def test_waiting_file_of_another_patient_is_not_attached(self, california, tmp_path) -> None:
+        run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-9999", "ACC1001"))
+        alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+        assert attach_waiting_studies(make_exam(alice, california, "ACC1001")) == 0
+
+    def test_keep_rejected_leaves_the_source_in_place(self, alice_exam, tmp_path) -> None:
+        bad = tmp_path / "bad.dcm"
+        bad.write_bytes(b"\x00" * 10)
+        stdout, stderr = StringIO(), StringIO()
+        with pytest.raises(CommandError):
+            call_command("import_dicom", str(bad), "--keep-rejected", stdout=stdout, stderr=stderr)
+        assert bad.exists()
+        assert Path(QuarantinedFile.objects.get().path).read_bytes() == b"\x00" * 10

@@ -1,0 +1,135 @@
+from datetime import date
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
+
+from viewbox.access.actions import issue_icode
+from viewbox.conftest import make_exam, make_patient
+from viewbox.directory.models import ImagingGroup
+from viewbox.records.models import Exam
+
+
+@pytest.mark.django_db
+class TestFindingThePortal:
+    @pytest.fixture(autouse=True)
+    def directory(self) -> None:
+        call_command("load_directory", stdout=None)
+
+    def test_start_page_asks_for_the_state(self, client) -> None:
+        page = client.get("/").content.decode()
+        assert "Choose the state where you had your exam." in page
+        assert "California" in page
+        assert "Maryland" in page
+
+    def test_state_lists_its_groups(self, client) -> None:
+        page = client.get(reverse("viewer:choose_group", args=["md"])).content.decode()
+        for name in (
+            "Advanced Radiology",
+            "American Radiology Services",
+            "Chesapeake Medical Imaging",
+            "Community Radiology Associates",
+        ):
+            assert name in page
+        assert "RadNet" not in page
+
+    def test_directory_holds_every_california_group(self) -> None:
+        assert ImagingGroup.objects.filter(state__code="CA").count() == 25
+
+    def test_group_page_offers_patient_portal_login(self, client) -> None:
+        page = client.get(reverse("viewer:group_portal", args=["kern-radiology"])).content.decode()
+        assert "Patient Portal Login" in page
+
+    def test_login_asks_for_the_location(self, client) -> None:
+        page = client.get(reverse("viewer:choose_location", args=["kern-radiology"])).content.decode()
+        assert "Bakersfield Imaging Center" in page
+
+    def test_main_screen_offers_three_ways_in(self, client) -> None:
+        page = client.get(
+            reverse("viewer:sign_in_choices", args=["kern-radiology", "bakersfield"])
+        ).content.decode()
+        assert "Enter I-Code" in page
+        assert "I have an account" in page
+        assert "Create a new account" in page
+
+    def test_unknown_state_and_group_are_not_found(self, client) -> None:
+        assert client.get(reverse("viewer:choose_group", args=["zz"])).status_code == 404
+        assert client.get(reverse("viewer:group_portal", args=["no-such-group"])).status_code == 404
+
+    def test_location_of_another_group_is_not_found(self, client) -> None:
+        url = reverse("viewer:sign_in_choices", args=["kern-radiology", "towson"])
+        assert client.get(url).status_code == 404
+
+    def test_loading_twice_changes_nothing(self) -> None:
+        before = list(ImagingGroup.objects.order_by("pk").values())
+        call_command("load_directory", stdout=None)
+        assert list(ImagingGroup.objects.order_by("pk").values()) == before
+
+
+@pytest.fixture
+def signed_in(california):
+    alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+    exam = make_exam(alice, california, "ACC1001")
+    second = make_exam(alice, california, "ACC1002", description="MR BRAIN WITHOUT CONTRAST")
+    _, code = issue_icode(exam.visit)
+    client = Client()
+    client.post(
+        reverse("viewer:icode_sign_in", args=[california.group.slug, california.slug]),
+        {"code": code, "birth_date_month": 4, "birth_date_day": 12, "birth_date_year": 1980},
+    )
+    return client, exam, second
+
+
+@pytest.mark.django_db
+class TestVisitSummary:
+    def test_exam_list_shows_both_exams_of_the_visit(self, signed_in) -> None:
+        client, exam, second = signed_in
+        page = client.get(reverse("viewer:exam_list")).content.decode()
+        assert "CT CHEST WITHOUT CONTRAST" in page
+        assert "MR BRAIN WITHOUT CONTRAST" in page
+
+    def test_summary_shows_every_fact(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        page = client.get(reverse("viewer:exam_summary", args=[exam.public_id])).content.decode()
+        for text in (
+            "CT CHEST WITHOUT CONTRAST",
+            "November 20, 2026, 9:00 AM PST",
+            "Santa Monica Imaging Center, Santa Monica, CA",
+            "Dr. Pat Example",
+            "Persistent cough",
+            "CT",
+            "ACC1001",
+            "Completed",
+        ):
+            assert text in page
+
+    def test_pages_are_never_cached(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        response = client.get(reverse("viewer:exam_summary", args=[exam.public_id]))
+        assert response["Cache-Control"] == "no-store"
+        assert response["Referrer-Policy"] == "no-referrer"
+
+    def test_text_from_the_ris_is_escaped(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        Exam.objects.filter(pk=exam.pk).update(
+            description="<img src=x onerror=alert(1)>", referring_physician="<b>Dr</b>"
+        )
+        page = client.get(reverse("viewer:exam_summary", args=[exam.public_id])).content.decode()
+        assert "<img src=x" not in page
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page
+        assert "<b>Dr</b>" not in page
+
+
+@pytest.mark.django_db
+class TestForgedRequests:
+    def test_sign_in_without_csrf_token_is_refused(self, california) -> None:
+        client = Client(enforce_csrf_checks=True)
+        url = reverse("viewer:icode_sign_in", args=[california.group.slug, california.slug])
+        response = client.post(url, {"code": "2222-3333-4444-5555"})
+        assert response.status_code == 403
+
+    def test_sign_out_by_get_is_refused(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        assert client.get(reverse("viewer:sign_out")).status_code == 405
+        assert client.get(reverse("viewer:exam_summary", args=[exam.public_id])).status_code == 200

@@ -28,40 +28,68 @@ def isolated_files(settings: Any, tmp_path: Path) -> Path:
             "BACKEND": "django.core.files.storage.FileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "media")},
         },
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        "staticfiles": {
+            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        },
     }
     settings.QUARANTINE_DIR = tmp_path / "quarantine"
-    settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}}
+    settings.TASKS = {
+        "default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}
+    }
     return tmp_path
 
 
 @pytest.fixture
 def california(db: None) -> Location:
-    state = State.objects.create(code="CA", name="California", time_zone="America/Los_Angeles")
+    state = State.objects.create(
+        code="CA", name="California", time_zone="America/Los_Angeles"
+    )
     group = ImagingGroup.objects.create(
-        state=state, slug="radnet-los-angeles", name="RadNet Los Angeles", ris_facility="RLA"
+        state=state,
+        slug="radnet-los-angeles",
+        name="RadNet Los Angeles",
+        ris_facility="RLA",
     )
     return Location.objects.create(
-        group=group, state=state, slug="santa-monica", name="Santa Monica Imaging Center",
-        city="Santa Monica", ris_code="RLA-SANTAM",
+        group=group,
+        state=state,
+        slug="santa-monica",
+        name="Santa Monica Imaging Center",
+        city="Santa Monica",
+        ris_code="RLA-SANTAM",
     )
 
 
 @pytest.fixture
 def maryland(db: None) -> Location:
-    state = State.objects.create(code="MD", name="Maryland", time_zone="America/New_York")
+    state = State.objects.create(
+        code="MD", name="Maryland", time_zone="America/New_York"
+    )
     group = ImagingGroup.objects.create(
-        state=state, slug="advanced-radiology", name="Advanced Radiology", ris_facility="AR"
+        state=state,
+        slug="advanced-radiology",
+        name="Advanced Radiology",
+        ris_facility="AR",
     )
     return Location.objects.create(
-        group=group, state=state, slug="towson", name="Towson Imaging Center",
-        city="Towson", ris_code="AR-TOWSON",
+        group=group,
+        state=state,
+        slug="towson",
+        name="Towson Imaging Center",
+        city="Towson",
+        ris_code="AR-TOWSON",
     )
 
 
-def make_patient(location: Location, mrn: str, given: str, family: str, birth: date) -> Patient:
+def make_patient(
+    location: Location, mrn: str, given: str, family: str, birth: date
+) -> Patient:
     return Patient.objects.create(
-        group=location.group, mrn=mrn, given_name=given, family_name=family, birth_date=birth
+        group=location.group,
+        mrn=mrn,
+        given_name=given,
+        family_name=family,
+        birth_date=birth,
     )
 
 
@@ -74,7 +102,9 @@ def make_exam(
     status: str = Exam.Status.COMPLETED,
     description: str = "CT CHEST WITHOUT CONTRAST",
 ) -> Exam:
-    visit, _ = Visit.objects.get_or_create(patient=patient, location=location, date_of_service=day)
+    visit, _ = Visit.objects.get_or_create(
+        patient=patient, location=location, date_of_service=day
+    )
     return Exam.objects.create(
         group=location.group,
         visit=visit,
@@ -83,7 +113,8 @@ def make_exam(
         modality="CT",
         reason="Persistent cough",
         referring_physician="Dr. Pat Example",
-        performed_at=timezone.make_aware(datetime.combine(day, datetime.min.time())) + timedelta(hours=17),
+        performed_at=timezone.make_aware(datetime.combine(day, datetime.min.time()))
+        + timedelta(hours=17),
         status=status,
         completed_at=timezone.now() if status == Exam.Status.COMPLETED else None,
     )

@@ -56,13 +56,17 @@ def _database_from_url(url: str) -> dict[str, object]:
             "PORT": str(parts.port or 5432),
             "CONN_MAX_AGE": 60,
         }
-    raise ValueError(f"VIEWBOX_DATABASE_URL has an unsupported scheme: {parts.scheme!r}")
+    raise ValueError(
+        f"VIEWBOX_DATABASE_URL has an unsupported scheme: {parts.scheme!r}"
+    )
 
 
 SECRET_KEY = _read_or_create_key("VIEWBOX_SECRET_KEY", "secret_key")
 ICODE_HASH_KEY = _read_or_create_key("VIEWBOX_ICODE_KEY", "icode_key")
 DEBUG = os.environ.get("VIEWBOX_DEBUG") == "1"
-ALLOWED_HOSTS = os.environ.get("VIEWBOX_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+ALLOWED_HOSTS = os.environ.get("VIEWBOX_ALLOWED_HOSTS", "127.0.0.1,localhost").split(
+    ","
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -86,7 +90,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
+    "viewbox.viewer.middleware.FetchMetadataCsrfMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -125,7 +129,9 @@ STORAGES = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(DATA_DIR / "media")},
     },
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
 }
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
@@ -175,7 +181,9 @@ RENDER_JPEG_QUALITY = 85
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "INFO"},
     # Django's request logger repeats the URL of every 404; ours carry no

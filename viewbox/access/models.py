@@ -38,3 +38,6 @@ class ThrottleEvent(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["bucket", "key", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.bucket} failure at {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -48,7 +48,8 @@ def record_failure(limits: Limits, keys: dict[str, str]) -> list[str]:
     """Count one failure in each bucket; return the buckets it just locked."""
     now = timezone.now()
     ThrottleEvent.objects.bulk_create(
-        ThrottleEvent(bucket=bucket, key=key, created_at=now) for bucket, key in keys.items()
+        ThrottleEvent(bucket=bucket, key=key, created_at=now)
+        for bucket, key in keys.items()
     )
     newly_locked = []
     for bucket, key in keys.items():

@@ -53,7 +53,10 @@ def load_directory(data: dict[str, Any]) -> LoadCounts:
             raise DirectoryFileError(f"state {code}: unknown time zone {time_zone!r}")
         state, _ = State.objects.update_or_create(
             code=code,
-            defaults={"name": _require(state_item, "name", f"state {code}"), "time_zone": time_zone},
+            defaults={
+                "name": _require(state_item, "name", f"state {code}"),
+                "time_zone": time_zone,
+            },
         )
         counts.states += 1
         for group_item in state_item.get("groups", []):
@@ -63,7 +66,9 @@ def load_directory(data: dict[str, Any]) -> LoadCounts:
                 defaults={
                     "state": state,
                     "name": _require(group_item, "name", f"group {slug}"),
-                    "ris_facility": _require(group_item, "ris_facility", f"group {slug}"),
+                    "ris_facility": _require(
+                        group_item, "ris_facility", f"group {slug}"
+                    ),
                 },
             )
             counts.groups += 1

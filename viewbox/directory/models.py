@@ -8,7 +8,9 @@ class State(models.Model):
     code = models.CharField(_("code"), max_length=2, unique=True)
     name = models.CharField(_("name"), max_length=64)
     # Times in HL7 messages without an offset are read in this zone.
-    time_zone = models.CharField(_("time zone"), max_length=64, default="America/New_York")
+    time_zone = models.CharField(
+        _("time zone"), max_length=64, default="America/New_York"
+    )
 
     class Meta:
         ordering = ["name"]
@@ -37,7 +39,9 @@ class ImagingGroup(models.Model):
 class Location(models.Model):
     """An imaging center of a group, where visits take place."""
 
-    group = models.ForeignKey(ImagingGroup, on_delete=models.PROTECT, related_name="locations")
+    group = models.ForeignKey(
+        ImagingGroup, on_delete=models.PROTECT, related_name="locations"
+    )
     slug = models.SlugField(_("slug"), max_length=80)
     name = models.CharField(_("name"), max_length=128)
     city = models.CharField(_("city"), max_length=64)
@@ -48,7 +52,9 @@ class Location(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.UniqueConstraint(fields=["group", "slug"], name="location_slug_unique_in_group")
+            models.UniqueConstraint(
+                fields=["group", "slug"], name="location_slug_unique_in_group"
+            )
         ]
 
     def __str__(self) -> str:

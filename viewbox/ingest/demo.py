@@ -49,7 +49,9 @@ def render_hl7_templates(target: Path, now: datetime | None = None) -> list[Path
         text = _PLACEHOLDER.sub(replace, template.read_text(encoding="utf-8"))
         path = target / template.name
         # HL7 v2 separates segments with a carriage return.
-        path.write_text(text.replace("\r\n", "\n").replace("\n", "\r"), encoding="utf-8")
+        path.write_text(
+            text.replace("\r\n", "\n").replace("\n", "\r"), encoding="utf-8"
+        )
         written.append(path)
     return written
 
@@ -86,7 +88,9 @@ def write_demo_images(target: Path) -> int:
         study_uid = generate_uid(entropy_srcs=["viewbox-demo", accession])
         for series_number, series_item in enumerate(exam_item["series"], start=1):
             series_uid = generate_uid(entropy_srcs=[study_uid, str(series_number)])
-            for instance_number, (package, relative) in enumerate(series_item["files"], start=1):
+            for instance_number, (package, relative) in enumerate(
+                series_item["files"], start=1
+            ):
                 ds = pydicom.dcmread(package_file(package, relative))
                 sop_uid = generate_uid(entropy_srcs=[series_uid, str(instance_number)])
                 ds.PatientName = f"{patient.family_name}^{patient.given_name}"
@@ -115,11 +119,16 @@ def issue_demo_codes() -> list[DemoCode]:
     for item in _manifest()["icodes"]:
         exams = list(
             Exam.objects.select_related("visit__patient", "visit__location")
-            .filter(visit__patient__mrn=item["patient_id"], accession_number__in=item["accessions"])
+            .filter(
+                visit__patient__mrn=item["patient_id"],
+                accession_number__in=item["accessions"],
+            )
             .order_by("accession_number")
         )
         visit = exams[0].visit
-        visit.icodes.filter(revoked_at__isnull=True, exams__in=exams).update(revoked_at=now)
+        visit.icodes.filter(revoked_at__isnull=True, exams__in=exams).update(
+            revoked_at=now
+        )
         _, code = issue_icode(visit, exams)
         issued.append(DemoCode(patient=visit.patient, exams=exams, code=code))
     return issued

@@ -94,15 +94,22 @@ def _check_pixel_data(ds: FileDataset) -> None:
 
 
 def read_header(path: Path) -> FileDataset:
-    """Read a file's data set, leaving pixel data on disk, or raise UnusableDicomError."""
+    """Read a file's data set, leaving large values such as pixel data on disk.
+
+    Raises UnusableDicomError when the file cannot be stored.
+    """
     try:
         ds = pydicom.dcmread(path, defer_size="64 KB")
     except InvalidDicomError as error:
         raise UnusableDicomError(f"not a DICOM file ({error})") from error
     except Exception as error:  # pydicom raises many kinds on broken input
-        raise UnusableDicomError(f"unreadable DICOM data ({type(error).__name__})") from error
+        raise UnusableDicomError(
+            f"unreadable DICOM data ({type(error).__name__})"
+        ) from error
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-        raise UnusableDicomError("File Meta Information has no Transfer Syntax UID (0002,0010)")
+        raise UnusableDicomError(
+            "File Meta Information has no Transfer Syntax UID (0002,0010)"
+        )
     _check_pixel_data(ds)
     return ds
 

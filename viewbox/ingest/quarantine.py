@@ -10,7 +10,9 @@ from viewbox.ingest.models import QuarantinedFile
 logger = logging.getLogger(__name__)
 
 
-def quarantine_file(path: Path, kind: str, reason: str, *, move: bool) -> QuarantinedFile:
+def quarantine_file(
+    path: Path, kind: str, reason: str, *, move: bool
+) -> QuarantinedFile:
     """Keep a rejected input file aside for staff, under a name of our own.
 
     The file is moved when ``move`` is set and the folder allows it, else

@@ -9,7 +9,9 @@ from viewbox.directory.models import ImagingGroup, Location
 class Patient(models.Model):
     """A person as the RIS of one imaging group knows them (HL7 PID)."""
 
-    group = models.ForeignKey(ImagingGroup, on_delete=models.PROTECT, related_name="patients")
+    group = models.ForeignKey(
+        ImagingGroup, on_delete=models.PROTECT, related_name="patients"
+    )
     # PID-3, the medical record number; DICOM files carry it as PatientID.
     mrn = models.CharField(_("medical record number"), max_length=64)
     family_name = models.CharField(_("family name"), max_length=128)
@@ -21,7 +23,9 @@ class Patient(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["group", "mrn"], name="patient_mrn_unique_in_group")
+            models.UniqueConstraint(
+                fields=["group", "mrn"], name="patient_mrn_unique_in_group"
+            )
         ]
 
     def __str__(self) -> str:
@@ -35,14 +39,19 @@ class Patient(models.Model):
 class Visit(models.Model):
     """One patient at one location on one date of service."""
 
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="visits")
-    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="visits")
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="visits"
+    )
+    location = models.ForeignKey(
+        Location, on_delete=models.PROTECT, related_name="visits"
+    )
     date_of_service = models.DateField(_("date of service"))
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["patient", "location", "date_of_service"], name="visit_unique_per_day"
+                fields=["patient", "location", "date_of_service"],
+                name="visit_unique_per_day",
             )
         ]
 
@@ -67,7 +76,9 @@ class Exam(models.Model):
     description = models.CharField(_("exam"), max_length=128)
     modality = models.CharField(_("modality"), max_length=16, blank=True)
     reason = models.CharField(_("reason for exam"), max_length=256, blank=True)
-    referring_physician = models.CharField(_("referring physician"), max_length=128, blank=True)
+    referring_physician = models.CharField(
+        _("referring physician"), max_length=128, blank=True
+    )
     performed_at = models.DateTimeField(_("date and time"), null=True, blank=True)
     status = models.CharField(
         _("status"), max_length=16, choices=Status.choices, default=Status.SCHEDULED
@@ -97,7 +108,9 @@ class ReportVersion(models.Model):
         FINAL = "F", _("Final")
         CORRECTED = "C", _("Corrected")
 
-    exam = models.ForeignKey(Exam, on_delete=models.PROTECT, related_name="report_versions")
+    exam = models.ForeignKey(
+        Exam, on_delete=models.PROTECT, related_name="report_versions"
+    )
     status = models.CharField(_("status"), max_length=1, choices=Status.choices)
     text = models.TextField(_("report text"))
     radiologist = models.CharField(_("radiologist"), max_length=128, blank=True)
@@ -154,7 +167,9 @@ class Instance(models.Model):
     """One stored DICOM file, kept byte for byte as it arrived."""
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    series = models.ForeignKey(
+        Series, on_delete=models.PROTECT, related_name="instances"
+    )
     sop_instance_uid = models.CharField(max_length=64, unique=True)
     sop_class_uid = models.CharField(max_length=64)
     transfer_syntax_uid = models.CharField(max_length=64)

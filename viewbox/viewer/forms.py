@@ -32,7 +32,9 @@ class BirthDateField(forms.MultiValueField):
         try:
             birth_date = date(year, month, day)
         except ValueError as error:
-            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from error
+            raise forms.ValidationError(
+                self.error_messages["invalid"], code="invalid"
+            ) from error
         if birth_date > date.today():
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
         return birth_date
@@ -43,10 +45,26 @@ class BirthDateWidget(forms.MultiWidget):
 
     def __init__(self) -> None:
         numeric = {"inputmode": "numeric", "pattern": "[0-9]*"}
-        widgets = {
-            "month": forms.TextInput(attrs={**numeric, "size": 2, "maxlength": 2, "autocomplete": "bday-month"}),
-            "day": forms.TextInput(attrs={**numeric, "size": 2, "maxlength": 2, "autocomplete": "bday-day"}),
-            "year": forms.TextInput(attrs={**numeric, "size": 4, "maxlength": 4, "autocomplete": "bday-year"}),
+        widgets: dict[str, forms.Widget | type[forms.Widget]] = {
+            "month": forms.TextInput(
+                attrs={
+                    **numeric,
+                    "size": 2,
+                    "maxlength": 2,
+                    "autocomplete": "bday-month",
+                }
+            ),
+            "day": forms.TextInput(
+                attrs={**numeric, "size": 2, "maxlength": 2, "autocomplete": "bday-day"}
+            ),
+            "year": forms.TextInput(
+                attrs={
+                    **numeric,
+                    "size": 4,
+                    "maxlength": 4,
+                    "autocomplete": "bday-year",
+                }
+            ),
         }
         super().__init__(widgets)
 

@@ -5,6 +5,7 @@ DICOM file makes the second view cost one read.
 """
 
 import logging
+from typing import BinaryIO, cast
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -30,7 +31,7 @@ def preview_jpeg(instance: Instance, frame: int, edge: int) -> bytes:
             return cached.read()
 
     with default_storage.open(instance.file, "rb") as stream:
-        jpeg = render_jpeg(stream, frame=frame, max_edge=edge)
+        jpeg = render_jpeg(cast(BinaryIO, stream), frame=frame, max_edge=edge)
 
     saved = default_storage.save(name, ContentFile(jpeg))
     # Two requests may render the same frame at once; the loser's copy got

@@ -21,7 +21,7 @@ from viewbox.access.scope import (
 )
 from viewbox.audit.actions import record_event
 from viewbox.directory.models import ImagingGroup, Location, State
-from viewbox.records.models import Exam
+from viewbox.records.models import Exam, Instance
 from viewbox.records.release import report_state
 from viewbox.viewer.forms import ICodeForm
 from viewbox.viewer.previews import preview_jpeg
@@ -70,47 +70,75 @@ def start(request: HttpRequest) -> HttpResponse:
 @require_GET
 def choose_group(request: HttpRequest, state_code: str) -> HttpResponse:
     state = get_object_or_404(State, code=state_code.upper())
-    return render(request, "viewer/choose_group.html", {"state": state, "groups": state.groups.all()})
+    return render(
+        request,
+        "viewer/choose_group.html",
+        {"state": state, "groups": state.groups.all()},
+    )
 
 
 @require_GET
 def group_portal(request: HttpRequest, group_slug: str) -> HttpResponse:
-    group = get_object_or_404(ImagingGroup.objects.select_related("state"), slug=group_slug)
+    group = get_object_or_404(
+        ImagingGroup.objects.select_related("state"), slug=group_slug
+    )
     return render(request, "viewer/group_portal.html", {"group": group})
 
 
 @require_GET
 def choose_location(request: HttpRequest, group_slug: str) -> HttpResponse:
     group = get_object_or_404(ImagingGroup, slug=group_slug)
-    return render(request, "viewer/choose_location.html", {"group": group, "locations": group.locations.all()})
+    return render(
+        request,
+        "viewer/choose_location.html",
+        {"group": group, "locations": group.locations.all()},
+    )
 
 
 def _location(group_slug: str, location_slug: str) -> Location:
     return get_object_or_404(
-        Location.objects.select_related("group__state"), group__slug=group_slug, slug=location_slug
+        Location.objects.select_related("group__state"),
+        group__slug=group_slug,
+        slug=location_slug,
     )
 
 
 @require_GET
-def sign_in_choices(request: HttpRequest, group_slug: str, location_slug: str) -> HttpResponse:
+def sign_in_choices(
+    request: HttpRequest, group_slug: str, location_slug: str
+) -> HttpResponse:
     location = _location(group_slug, location_slug)
-    return render(request, "viewer/sign_in_choices.html", {"location": location, "group": location.group})
+    return render(
+        request,
+        "viewer/sign_in_choices.html",
+        {"location": location, "group": location.group},
+    )
 
 
 @require_http_methods(["GET", "POST"])
-def icode_sign_in(request: HttpRequest, group_slug: str, location_slug: str) -> HttpResponse:
+def icode_sign_in(
+    request: HttpRequest, group_slug: str, location_slug: str
+) -> HttpResponse:
     location = _location(group_slug, location_slug)
     form = ICodeForm(request.POST if request.method == "POST" else None)
     problem = None
     if request.method == "POST" and form.is_valid():
         result = access_actions.sign_in_with_icode(
-            request, location.group, form.cleaned_data["code"], form.cleaned_data["birth_date"]
+            request,
+            location.group,
+            form.cleaned_data["code"],
+            form.cleaned_data["birth_date"],
         )
         if result is access_actions.SignInResult.SUCCESS:
             request.session[SESSION_GROUP_SLUG] = location.group.slug
             return redirect("viewer:exam_list")
         problem = result.value
-    context = {"location": location, "group": location.group, "form": form, "problem": problem}
+    context = {
+        "location": location,
+        "group": location.group,
+        "form": form,
+        "problem": problem,
+    }
     status = 200 if problem is None else (429 if problem == "throttled" else 400)
     if request.method == "POST" and not form.is_valid():
         status = 400
@@ -121,7 +149,11 @@ def icode_sign_in(request: HttpRequest, group_slug: str, location_slug: str) -> 
 def sign_out(request: HttpRequest) -> HttpResponse:
     group_slug = request.session.get(SESSION_GROUP_SLUG)
     access_actions.sign_out(request)
-    response = redirect("viewer:group_portal", group_slug) if group_slug else redirect("viewer:start")
+    response = (
+        redirect("viewer:group_portal", group_slug)
+        if group_slug
+        else redirect("viewer:start")
+    )
     return response
 
 
@@ -132,8 +164,12 @@ def _local_time_zone(exam: Exam) -> ZoneInfo:
     return ZoneInfo(exam.visit.location.state.time_zone)
 
 
-def _exam_context(request: HttpRequest, requester: Requester, exam: Exam | None, tab: str) -> dict[str, Any]:
-    group = ImagingGroup.objects.filter(slug=request.session.get(SESSION_GROUP_SLUG)).first()
+def _exam_context(
+    request: HttpRequest, requester: Requester, exam: Exam | None, tab: str
+) -> dict[str, Any]:
+    group = ImagingGroup.objects.filter(
+        slug=request.session.get(SESSION_GROUP_SLUG)
+    ).first()
     return {
         "exams": list(exams_for(requester)),
         "exam": exam,
@@ -147,12 +183,16 @@ def _exam_context(request: HttpRequest, requester: Requester, exam: Exam | None,
 @patient_required
 def exam_list(request: HttpRequest, requester: Requester) -> HttpResponse:
     _audit_view(requester, "exam.list")
-    return render(request, "viewer/exam_list.html", _exam_context(request, requester, None, ""))
+    return render(
+        request, "viewer/exam_list.html", _exam_context(request, requester, None, "")
+    )
 
 
 @require_GET
 @patient_required
-def exam_summary(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+def exam_summary(
+    request: HttpRequest, requester: Requester, exam_id: str
+) -> HttpResponse:
     exam = access_exam_by_public_id(requester, exam_id)
     _audit_view(requester, "exam.summary", exam)
     context = _exam_context(request, requester, exam, "summary")
@@ -162,10 +202,14 @@ def exam_summary(request: HttpRequest, requester: Requester, exam_id: str) -> Ht
 
 @require_GET
 @patient_required
-def exam_report(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+def exam_report(
+    request: HttpRequest, requester: Requester, exam_id: str
+) -> HttpResponse:
     exam = access_exam_by_public_id(requester, exam_id)
     state = report_state(exam)
-    _audit_view(requester, "report.view" if state.released else "report.unavailable", exam)
+    _audit_view(
+        requester, "report.view" if state.released else "report.unavailable", exam
+    )
     context = _exam_context(request, requester, exam, "report")
     context["report"] = state
     return render(request, "viewer/exam_report.html", context)
@@ -173,7 +217,9 @@ def exam_report(request: HttpRequest, requester: Requester, exam_id: str) -> Htt
 
 @require_GET
 @patient_required
-def exam_report_print(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+def exam_report_print(
+    request: HttpRequest, requester: Requester, exam_id: str
+) -> HttpResponse:
     exam = access_exam_by_public_id(requester, exam_id)
     state = report_state(exam)
     if state.released is None:
@@ -185,7 +231,9 @@ def exam_report_print(request: HttpRequest, requester: Requester, exam_id: str) 
 
 @require_GET
 @patient_required
-def exam_images(request: HttpRequest, requester: Requester, exam_id: str) -> HttpResponse:
+def exam_images(
+    request: HttpRequest, requester: Requester, exam_id: str
+) -> HttpResponse:
     exam = access_exam_by_public_id(requester, exam_id)
     _audit_view(requester, "images.list", exam)
     context = _exam_context(request, requester, exam, "images")
@@ -203,20 +251,40 @@ def _frame_number(request: HttpRequest, frames: int) -> int:
     return min(max(frame, 1), frames)
 
 
+def _image_sources(instance: Instance) -> list[tuple[int, int]]:
+    """Return (edge, width in pixels) for the srcset, one per distinct width.
+
+    The browser takes a width descriptor at its word, so it must be the real
+    width of the JPEG: images are never scaled up.
+    """
+    sources: dict[int, int] = {}
+    longest = max(instance.rows, instance.columns)
+    for edge in settings.RENDER_VIEW_EDGES:
+        width = (
+            instance.columns if longest <= edge else instance.columns * edge // longest
+        )
+        sources.setdefault(width, edge)
+    return [(edge, width) for width, edge in sources.items()]
+
+
 @require_GET
 @patient_required
-def image_view(request: HttpRequest, requester: Requester, exam_id: str, instance_id: str) -> HttpResponse:
+def image_view(
+    request: HttpRequest, requester: Requester, exam_id: str, instance_id: str
+) -> HttpResponse:
     exam, instance = access_instance_by_public_id(requester, exam_id, instance_id)
     frame = _frame_number(request, instance.number_of_frames)
     _audit_view(requester, "image.view", exam)
     context = _exam_context(request, requester, exam, "images")
-    position = list(instances_for(exam).filter(rows__gt=0).values_list("public_id", flat=True))
+    position = list(
+        instances_for(exam).filter(rows__gt=0).values_list("public_id", flat=True)
+    )
     index = position.index(instance.public_id)
     context.update(
         {
             "instance": instance,
             "frame": frame,
-            "edges": settings.RENDER_VIEW_EDGES,
+            "sources": _image_sources(instance),
             "previous_id": position[index - 1] if index > 0 else None,
             "next_id": position[index + 1] if index + 1 < len(position) else None,
             "image_number": index + 1,
@@ -229,16 +297,22 @@ def image_view(request: HttpRequest, requester: Requester, exam_id: str, instanc
 @require_GET
 @patient_required
 def image_jpeg(
-    request: HttpRequest, requester: Requester, exam_id: str, instance_id: str, frame: int, edge: int
+    request: HttpRequest,
+    requester: Requester,
+    exam_id: str,
+    instance_id: str,
+    frame: int,
+    edge: int,
 ) -> HttpResponse:
     allowed_edges = (settings.RENDER_TILE_EDGE, *settings.RENDER_VIEW_EDGES)
-    exam, instance = access_instance_by_public_id(requester, exam_id, instance_id)
+    instance = access_instance_by_public_id(requester, exam_id, instance_id)[1]
     if edge not in allowed_edges or not 1 <= frame <= instance.number_of_frames:
         raise Http404("Not found")
     try:
         jpeg = preview_jpeg(instance, frame=frame - 1, edge=edge)
     except RenderError as error:
         logger.warning("Cannot render instance %d: %s", instance.pk, error)
-        return HttpResponse(_("This image cannot be shown."), status=422, content_type="text/plain")
+        return HttpResponse(
+            _("This image cannot be shown."), status=422, content_type="text/plain"
+        )
     return HttpResponse(jpeg, content_type="image/jpeg")
-

@@ -30,7 +30,9 @@ def sign_in_url(location) -> str:
     return reverse("viewer:icode_sign_in", args=[location.group.slug, location.slug])
 
 
-def post_code(client: Client, location, code: str, birth: date = BIRTH, address: str = "127.0.0.1"):
+def post_code(
+    client: Client, location, code: str, birth: date = BIRTH, address: str = "127.0.0.1"
+):
     return client.post(
         sign_in_url(location),
         {
@@ -50,16 +52,22 @@ class TestRefusedSignIn:
         assert response.status_code == 400
         assert INVALID in response.content.decode()
 
-    def test_wrong_birth_date_gets_the_same_message(self, client, california, alice_code) -> None:
+    def test_wrong_birth_date_gets_the_same_message(
+        self, client, california, alice_code
+    ) -> None:
         response = post_code(client, california, alice_code, birth=date(1980, 4, 13))
         assert response.status_code == 400
         assert INVALID in response.content.decode()
 
-    def test_refused_sign_in_opens_nothing(self, client, california, alice_code) -> None:
+    def test_refused_sign_in_opens_nothing(
+        self, client, california, alice_code
+    ) -> None:
         post_code(client, california, alice_code, birth=date(1981, 4, 12))
         assert client.get(reverse("viewer:exam_list")).status_code == 302
 
-    def test_code_of_another_group_is_refused(self, client, california, maryland, alice_code) -> None:
+    def test_code_of_another_group_is_refused(
+        self, client, california, maryland, alice_code
+    ) -> None:
         response = post_code(client, maryland, alice_code)
         assert INVALID in response.content.decode()
 
@@ -69,12 +77,16 @@ class TestRefusedSignIn:
         assert response.status_code == 400
         assert EXPIRED in response.content.decode()
 
-    def test_code_still_works_on_its_last_day(self, client, california, alice_code) -> None:
+    def test_code_still_works_on_its_last_day(
+        self, client, california, alice_code
+    ) -> None:
         with time_machine.travel(datetime.now(UTC) + timedelta(days=89, hours=23)):
             response = post_code(client, california, alice_code)
         assert response.status_code == 302
 
-    def test_session_ends_when_the_code_expires(self, client, california, alice_code) -> None:
+    def test_session_ends_when_the_code_expires(
+        self, client, california, alice_code
+    ) -> None:
         post_code(client, california, alice_code)
         with time_machine.travel(datetime.now(UTC) + timedelta(days=90, minutes=1)):
             assert client.get(reverse("viewer:exam_list")).status_code == 302
@@ -92,14 +104,26 @@ class TestRefusedSignIn:
         assert "Enter the I-Code from your Portal Pass." in text
         assert "Enter your date of birth." in text
 
-    def test_impossible_birth_date_is_refused(self, client, california, alice_code) -> None:
+    def test_impossible_birth_date_is_refused(
+        self, client, california, alice_code
+    ) -> None:
         response = client.post(
             sign_in_url(california),
-            {"code": alice_code, "birth_date_month": 2, "birth_date_day": 30, "birth_date_year": 1980},
+            {
+                "code": alice_code,
+                "birth_date_month": 2,
+                "birth_date_day": 30,
+                "birth_date_year": 1980,
+            },
         )
-        assert "Enter a real date of birth, for example 4 12 1980." in response.content.decode()
+        assert (
+            "Enter a real date of birth, for example 4 12 1980."
+            in response.content.decode()
+        )
 
-    def test_failure_is_audited_without_the_code(self, client, california, alice_code) -> None:
+    def test_failure_is_audited_without_the_code(
+        self, client, california, alice_code
+    ) -> None:
         post_code(client, california, "2222-3333-4444-5555")
         event = AuditEvent.objects.get(action="icode.sign_in")
         assert event.outcome == "failure"
@@ -108,17 +132,23 @@ class TestRefusedSignIn:
 
 @pytest.mark.django_db
 class TestAcceptedSignIn:
-    def test_right_code_opens_the_exam_list(self, client, california, alice_code) -> None:
+    def test_right_code_opens_the_exam_list(
+        self, client, california, alice_code
+    ) -> None:
         response = post_code(client, california, alice_code)
         assert response.status_code == 302
         assert response["Location"] == reverse("viewer:exam_list")
         assert client.get(reverse("viewer:exam_list")).status_code == 200
 
-    def test_code_in_lower_case_without_dashes_works(self, client, california, alice_code) -> None:
+    def test_code_in_lower_case_without_dashes_works(
+        self, client, california, alice_code
+    ) -> None:
         typed = alice_code.replace("-", "").lower()
         assert post_code(client, california, typed).status_code == 302
 
-    def test_session_id_changes_on_sign_in(self, client, california, alice_code) -> None:
+    def test_session_id_changes_on_sign_in(
+        self, client, california, alice_code
+    ) -> None:
         client.get(sign_in_url(california))
         session = client.session
         session["planted"] = True
@@ -135,7 +165,9 @@ class TestAcceptedSignIn:
 
 @pytest.mark.django_db
 class TestThrottling:
-    def test_client_is_locked_after_ten_failures(self, client, california, alice_code) -> None:
+    def test_client_is_locked_after_ten_failures(
+        self, client, california, alice_code
+    ) -> None:
         for _ in range(10):
             post_code(client, california, generate_code())
         response = post_code(client, california, alice_code)
@@ -145,21 +177,38 @@ class TestThrottling:
     def test_other_clients_still_get_in(self, client, california, alice_code) -> None:
         for _ in range(10):
             post_code(client, california, generate_code(), address="192.0.2.10")
-        assert post_code(Client(), california, alice_code, address="192.0.2.11").status_code == 302
+        assert (
+            post_code(
+                Client(), california, alice_code, address="192.0.2.11"
+            ).status_code
+            == 302
+        )
 
-    def test_code_is_locked_after_five_wrong_birth_dates(self, client, california, alice_code) -> None:
+    def test_code_is_locked_after_five_wrong_birth_dates(
+        self, client, california, alice_code
+    ) -> None:
         for day in range(1, 6):
-            post_code(Client(), california, alice_code, birth=date(1970, 1, day), address=f"192.0.2.{day}")
+            post_code(
+                Client(),
+                california,
+                alice_code,
+                birth=date(1970, 1, day),
+                address=f"192.0.2.{day}",
+            )
         response = post_code(Client(), california, alice_code, address="192.0.2.99")
         assert response.status_code == 429
 
-    def test_guesses_spread_over_many_clients_lock_the_portal(self, settings, california, alice_code) -> None:
+    def test_guesses_spread_over_many_clients_lock_the_portal(
+        self, settings, california, alice_code
+    ) -> None:
         settings.ICODE_THROTTLE = {
             **settings.ICODE_THROTTLE,
             "icode-portal": {"limit": 20, "window_minutes": 60},
         }
         for number in range(20):
-            post_code(Client(), california, generate_code(), address=f"198.51.100.{number}")
+            post_code(
+                Client(), california, generate_code(), address=f"198.51.100.{number}"
+            )
         response = post_code(Client(), california, alice_code, address="203.0.113.7")
         assert response.status_code == 429
 
@@ -169,7 +218,9 @@ class TestThrottling:
         with time_machine.travel(datetime.now(UTC) + timedelta(minutes=16)):
             assert post_code(client, california, alice_code).status_code == 302
 
-    def test_lockout_is_logged_without_the_code(self, client, california, alice_code, caplog) -> None:
+    def test_lockout_is_logged_without_the_code(
+        self, client, california, alice_code, caplog
+    ) -> None:
         caplog.set_level(logging.INFO)
         guesses = [generate_code() for _ in range(11)]
         for guess in guesses:
@@ -180,7 +231,9 @@ class TestThrottling:
             assert guess not in caplog.text
             assert guess.replace("-", "") not in caplog.text
 
-    def test_stored_rows_hold_no_code_or_address(self, client, california, alice_code) -> None:
+    def test_stored_rows_hold_no_code_or_address(
+        self, client, california, alice_code
+    ) -> None:
         post_code(client, california, "2222-3333-4444-5555", address="192.0.2.55")
         keys = " ".join(ThrottleEvent.objects.values_list("key", flat=True))
         assert "2222" not in keys

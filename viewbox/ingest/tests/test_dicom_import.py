@@ -17,14 +17,18 @@ CT = package_path("data_store", "data/693_J2KR.dcm")
 US_MULTIFRAME = package_path("data_store", "data/color3d_jpeg_baseline.dcm")
 
 
-def write_copy(source: Path, target: Path, patient_id: str, accession: str, **uids: str) -> Path:
+def write_copy(
+    source: Path, target: Path, patient_id: str, accession: str, **uids: str
+) -> Path:
     ds = pydicom.dcmread(source)
     ds.PatientID = patient_id
     ds.PatientName = "TESTPATIENT^ALICE"
     ds.AccessionNumber = accession
     ds.StudyInstanceUID = uids.get("study", generate_uid())
     ds.SeriesInstanceUID = uids.get("series", generate_uid())
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uids.get("sop", generate_uid())
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uids.get(
+        "sop", generate_uid()
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(target, enforce_file_format=True)
     return target
@@ -42,13 +46,17 @@ def run_import(*paths: Path) -> tuple[str, str, int]:
 
 @pytest.fixture
 def alice_exam(california):
-    alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+    alice = make_patient(
+        california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+    )
     return make_exam(alice, california, "ACC1001")
 
 
 @pytest.mark.django_db
 class TestRejectedFiles:
-    def test_non_dicom_file_is_quarantined_and_the_rest_imported(self, alice_exam, tmp_path) -> None:
+    def test_non_dicom_file_is_quarantined_and_the_rest_imported(
+        self, alice_exam, tmp_path
+    ) -> None:
         folder = tmp_path / "in"
         write_copy(CT, folder / "good.dcm", "DEMO-1001", "ACC1001")
         (folder / "notes.txt").write_text("not an image")
@@ -68,7 +76,10 @@ class TestRejectedFiles:
         path.write_bytes(path.read_bytes()[:-1000])
         _, stderr, status = run_import(path)
         assert status == 1
-        assert "Pixel Data (7FE0,0010) is truncated: 523288 bytes, 524288 expected" in stderr
+        assert (
+            "Pixel Data (7FE0,0010) is truncated: 523288 bytes, 524288 expected"
+            in stderr
+        )
         assert Instance.objects.count() == 0
 
     def test_missing_uid_is_quarantined(self, alice_exam, tmp_path) -> None:
@@ -80,37 +91,57 @@ class TestRejectedFiles:
         assert "SeriesInstanceUID is missing" in stderr
         assert Study.objects.count() == 0
 
-    def test_same_uid_with_other_content_keeps_the_stored_file(self, alice_exam, tmp_path) -> None:
+    def test_same_uid_with_other_content_keeps_the_stored_file(
+        self, alice_exam, tmp_path
+    ) -> None:
         sop = generate_uid()
-        first = write_copy(CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001", sop=sop)
+        first = write_copy(
+            CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001", sop=sop
+        )
         run_import(first)
         stored = Instance.objects.get()
-        second = write_copy(US_MULTIFRAME, tmp_path / "b" / "2.dcm", "DEMO-1001", "ACC1001", sop=sop)
+        second = write_copy(
+            US_MULTIFRAME, tmp_path / "b" / "2.dcm", "DEMO-1001", "ACC1001", sop=sop
+        )
         _, stderr, status = run_import(second)
         assert status == 1
         assert "SOPInstanceUID is already stored with different content" in stderr
         assert Instance.objects.get().sha256 == stored.sha256
 
-    def test_study_uid_of_another_patient_is_refused(self, alice_exam, tmp_path) -> None:
+    def test_study_uid_of_another_patient_is_refused(
+        self, alice_exam, tmp_path
+    ) -> None:
         study = generate_uid()
-        run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001", study=study))
-        _, stderr, _ = run_import(write_copy(CT, tmp_path / "b.dcm", "DEMO-9999", "ACC1001", study=study))
-        assert "StudyInstanceUID is already stored with another Accession Number or Patient ID" in stderr
+        run_import(
+            write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001", study=study)
+        )
+        _, stderr, _ = run_import(
+            write_copy(CT, tmp_path / "b.dcm", "DEMO-9999", "ACC1001", study=study)
+        )
+        expected = (
+            "StudyInstanceUID is already stored with another Accession Number "
+            "or Patient ID"
+        )
+        assert expected in stderr
         assert Instance.objects.count() == 1
 
-    def test_rejection_log_holds_no_patient_data(self, alice_exam, tmp_path, caplog) -> None:
+    def test_rejection_log_holds_no_patient_data(
+        self, alice_exam, tmp_path, caplog
+    ) -> None:
         caplog.set_level(logging.INFO)
         path = write_copy(CT, tmp_path / "x.dcm", "DEMO-1001", "ACC1001")
         path.write_bytes(path.read_bytes()[:200])
         run_import(path)
-        assert "Rejected DICOM file x.dcm" in caplog.text
+        assert "Rejected DICOM file, quarantined as" in caplog.text
         for secret in ("DEMO-1001", "ACC1001", "TESTPATIENT"):
             assert secret not in caplog.text
 
 
 @pytest.mark.django_db
 class TestStoredFiles:
-    def test_file_is_stored_byte_for_byte_under_an_internal_name(self, alice_exam, tmp_path) -> None:
+    def test_file_is_stored_byte_for_byte_under_an_internal_name(
+        self, alice_exam, tmp_path
+    ) -> None:
         from django.core.files.storage import default_storage
 
         path = write_copy(CT, tmp_path / "../../evil name.dcm", "DEMO-1001", "ACC1001")
@@ -127,7 +158,9 @@ class TestStoredFiles:
         assert Study.objects.get().exam == alice_exam
 
     def test_multiframe_file_is_one_instance(self, alice_exam, tmp_path) -> None:
-        run_import(write_copy(US_MULTIFRAME, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))
+        run_import(
+            write_copy(US_MULTIFRAME, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        )
         instance = Instance.objects.get()
         assert instance.number_of_frames == 120
         assert (instance.rows, instance.columns) == (480, 640)
@@ -144,26 +177,42 @@ class TestStoredFiles:
         assert list(Instance.objects.order_by("pk").values()) == before
         assert Series.objects.count() == 2
 
-    def test_file_without_order_waits_and_is_attached_later(self, california, tmp_path) -> None:
+    def test_file_without_order_waits_and_is_attached_later(
+        self, california, tmp_path
+    ) -> None:
         run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))
         study = Study.objects.get()
         assert study.exam is None
-        alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+        alice = make_patient(
+            california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+        )
         exam = make_exam(alice, california, "ACC1001")
         assert attach_waiting_studies(exam) == 1
         study.refresh_from_db()
         assert study.exam == exam
 
-    def test_waiting_file_of_another_patient_is_not_attached(self, california, tmp_path) -> None:
+    def test_waiting_file_of_another_patient_is_not_attached(
+        self, california, tmp_path
+    ) -> None:
         run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-9999", "ACC1001"))
-        alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+        alice = make_patient(
+            california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+        )
         assert attach_waiting_studies(make_exam(alice, california, "ACC1001")) == 0
 
-    def test_keep_rejected_leaves_the_source_in_place(self, alice_exam, tmp_path) -> None:
+    def test_keep_rejected_leaves_the_source_in_place(
+        self, alice_exam, tmp_path
+    ) -> None:
         bad = tmp_path / "bad.dcm"
         bad.write_bytes(b"\x00" * 10)
         stdout, stderr = StringIO(), StringIO()
         with pytest.raises(CommandError):
-            call_command("import_dicom", str(bad), "--keep-rejected", stdout=stdout, stderr=stderr)
+            call_command(
+                "import_dicom",
+                str(bad),
+                "--keep-rejected",
+                stdout=stdout,
+                stderr=stderr,
+            )
         assert bad.exists()
         assert Path(QuarantinedFile.objects.get().path).read_bytes() == b"\x00" * 10

@@ -15,7 +15,9 @@ FINDINGS = "IMPRESSION: No acute abnormality in the chest."
 
 @pytest.fixture
 def ca_exam(california):
-    alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+    alice = make_patient(
+        california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+    )
     return make_exam(alice, california, "ACC1")
 
 
@@ -35,13 +37,17 @@ class TestHeldReport:
 
     def test_california_report_appears_after_96_hours(self, ca_exam) -> None:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
-        assert report_state(ca_exam, now=SIGNED + timedelta(hours=96)).released is not None
+        assert (
+            report_state(ca_exam, now=SIGNED + timedelta(hours=96)).released is not None
+        )
 
     def test_hold_counts_from_sending_when_sent_later(self, ca_exam) -> None:
         sent = SIGNED + timedelta(hours=5)
         add_report(ca_exam, "F", FINDINGS, SIGNED, sent_at=sent)
         assert report_state(ca_exam, now=SIGNED + timedelta(hours=97)).released is None
-        assert report_state(ca_exam, now=sent + timedelta(hours=96)).released is not None
+        assert (
+            report_state(ca_exam, now=sent + timedelta(hours=96)).released is not None
+        )
 
     def test_texas_holds_too(self, ca_exam) -> None:
         state = ca_exam.visit.location.state
@@ -87,8 +93,12 @@ class TestReleasedReport:
 
     def test_corrected_version_replaces_the_final_once_released(self, md_exam) -> None:
         add_report(md_exam, "F", FINDINGS, SIGNED)
-        corrected = add_report(md_exam, "C", FINDINGS + " ADDENDUM", SIGNED + timedelta(hours=2))
-        assert report_state(md_exam, now=SIGNED + timedelta(hours=3)).released == corrected
+        corrected = add_report(
+            md_exam, "C", FINDINGS + " ADDENDUM", SIGNED + timedelta(hours=2)
+        )
+        assert (
+            report_state(md_exam, now=SIGNED + timedelta(hours=3)).released == corrected
+        )
 
 
 def sign_in(client: Client, exam) -> None:
@@ -97,8 +107,12 @@ def sign_in(client: Client, exam) -> None:
     location = exam.visit.location
     response = client.post(
         reverse("viewer:icode_sign_in", args=[location.group.slug, location.slug]),
-        {"code": code, "birth_date_month": birth.month, "birth_date_day": birth.day,
-         "birth_date_year": birth.year},
+        {
+            "code": code,
+            "birth_date_month": birth.month,
+            "birth_date_day": birth.day,
+            "birth_date_year": birth.year,
+        },
     )
     assert response.status_code == 302
 
@@ -109,7 +123,9 @@ class TestReportTab:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
             sign_in(client, ca_exam)
-            page = client.get(reverse("viewer:exam_report", args=[ca_exam.public_id])).content.decode()
+            page = client.get(
+                reverse("viewer:exam_report", args=[ca_exam.public_id])
+            ).content.decode()
         assert FINDINGS not in page
         assert "96 hours after it was signed and sent to them" in page
         # 2026-12-05 18:00 UTC is 10:00 in Los Angeles.
@@ -119,7 +135,9 @@ class TestReportTab:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
             sign_in(client, ca_exam)
-            response = client.get(reverse("viewer:exam_report_print", args=[ca_exam.public_id]))
+            response = client.get(
+                reverse("viewer:exam_report_print", args=[ca_exam.public_id])
+            )
         assert response.status_code == 404
 
     def test_held_report_is_not_in_any_page_of_the_exam(self, client, ca_exam) -> None:
@@ -127,23 +145,31 @@ class TestReportTab:
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
             sign_in(client, ca_exam)
             for name in ("exam_summary", "exam_report", "exam_images"):
-                page = client.get(reverse(f"viewer:{name}", args=[ca_exam.public_id])).content
+                page = client.get(
+                    reverse(f"viewer:{name}", args=[ca_exam.public_id])
+                ).content
                 assert b"No acute abnormality" not in page, name
 
     def test_preliminary_report_tab_says_not_signed(self, client, md_exam) -> None:
         add_report(md_exam, "P", "PRELIMINARY: under review", SIGNED)
         sign_in(client, md_exam)
-        page = client.get(reverse("viewer:exam_report", args=[md_exam.public_id])).content.decode()
+        page = client.get(
+            reverse("viewer:exam_report", args=[md_exam.public_id])
+        ).content.decode()
         assert "PRELIMINARY" not in page
         assert "It will appear here once it is signed." in page
 
     def test_released_report_is_shown_and_printable(self, client, md_exam) -> None:
         add_report(md_exam, "F", FINDINGS, SIGNED)
         sign_in(client, md_exam)
-        page = client.get(reverse("viewer:exam_report", args=[md_exam.public_id])).content.decode()
+        page = client.get(
+            reverse("viewer:exam_report", args=[md_exam.public_id])
+        ).content.decode()
         assert FINDINGS in page
         assert "Signed by Dr. Ima Reader" in page
-        printed = client.get(reverse("viewer:exam_report_print", args=[md_exam.public_id]))
+        printed = client.get(
+            reverse("viewer:exam_report_print", args=[md_exam.public_id])
+        )
         assert printed.status_code == 200
         assert FINDINGS in printed.content.decode()
 
@@ -151,6 +177,8 @@ class TestReportTab:
         add_report(md_exam, "F", "<script>alert(1)</script> & more", SIGNED)
         sign_in(client, md_exam)
         for name in ("exam_report", "exam_report_print"):
-            page = client.get(reverse(f"viewer:{name}", args=[md_exam.public_id])).content.decode()
+            page = client.get(
+                reverse(f"viewer:{name}", args=[md_exam.public_id])
+            ).content.decode()
             assert "<script>alert(1)</script>" not in page
             assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page

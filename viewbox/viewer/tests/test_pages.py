@@ -38,11 +38,15 @@ class TestFindingThePortal:
         assert ImagingGroup.objects.filter(state__code="CA").count() == 25
 
     def test_group_page_offers_patient_portal_login(self, client) -> None:
-        page = client.get(reverse("viewer:group_portal", args=["kern-radiology"])).content.decode()
+        page = client.get(
+            reverse("viewer:group_portal", args=["kern-radiology"])
+        ).content.decode()
         assert "Patient Portal Login" in page
 
     def test_login_asks_for_the_location(self, client) -> None:
-        page = client.get(reverse("viewer:choose_location", args=["kern-radiology"])).content.decode()
+        page = client.get(
+            reverse("viewer:choose_location", args=["kern-radiology"])
+        ).content.decode()
         assert "Bakersfield Imaging Center" in page
 
     def test_main_screen_offers_three_ways_in(self, client) -> None:
@@ -54,8 +58,15 @@ class TestFindingThePortal:
         assert "Create a new account" in page
 
     def test_unknown_state_and_group_are_not_found(self, client) -> None:
-        assert client.get(reverse("viewer:choose_group", args=["zz"])).status_code == 404
-        assert client.get(reverse("viewer:group_portal", args=["no-such-group"])).status_code == 404
+        assert (
+            client.get(reverse("viewer:choose_group", args=["zz"])).status_code == 404
+        )
+        assert (
+            client.get(
+                reverse("viewer:group_portal", args=["no-such-group"])
+            ).status_code
+            == 404
+        )
 
     def test_location_of_another_group_is_not_found(self, client) -> None:
         url = reverse("viewer:sign_in_choices", args=["kern-radiology", "towson"])
@@ -69,14 +80,23 @@ class TestFindingThePortal:
 
 @pytest.fixture
 def signed_in(california):
-    alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+    alice = make_patient(
+        california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+    )
     exam = make_exam(alice, california, "ACC1001")
-    second = make_exam(alice, california, "ACC1002", description="MR BRAIN WITHOUT CONTRAST")
+    second = make_exam(
+        alice, california, "ACC1002", description="MR BRAIN WITHOUT CONTRAST"
+    )
     _, code = issue_icode(exam.visit)
     client = Client()
     client.post(
         reverse("viewer:icode_sign_in", args=[california.group.slug, california.slug]),
-        {"code": code, "birth_date_month": 4, "birth_date_day": 12, "birth_date_year": 1980},
+        {
+            "code": code,
+            "birth_date_month": 4,
+            "birth_date_day": 12,
+            "birth_date_year": 1980,
+        },
     )
     return client, exam, second
 
@@ -84,14 +104,16 @@ def signed_in(california):
 @pytest.mark.django_db
 class TestVisitSummary:
     def test_exam_list_shows_both_exams_of_the_visit(self, signed_in) -> None:
-        client, exam, second = signed_in
+        client, _, _ = signed_in
         page = client.get(reverse("viewer:exam_list")).content.decode()
         assert "CT CHEST WITHOUT CONTRAST" in page
         assert "MR BRAIN WITHOUT CONTRAST" in page
 
     def test_summary_shows_every_fact(self, signed_in) -> None:
         client, exam, _ = signed_in
-        page = client.get(reverse("viewer:exam_summary", args=[exam.public_id])).content.decode()
+        page = client.get(
+            reverse("viewer:exam_summary", args=[exam.public_id])
+        ).content.decode()
         for text in (
             "CT CHEST WITHOUT CONTRAST",
             "November 20, 2026, 9:00 AM PST",
@@ -115,7 +137,9 @@ class TestVisitSummary:
         Exam.objects.filter(pk=exam.pk).update(
             description="<img src=x onerror=alert(1)>", referring_physician="<b>Dr</b>"
         )
-        page = client.get(reverse("viewer:exam_summary", args=[exam.public_id])).content.decode()
+        page = client.get(
+            reverse("viewer:exam_summary", args=[exam.public_id])
+        ).content.decode()
         assert "<img src=x" not in page
         assert "&lt;img src=x onerror=alert(1)&gt;" in page
         assert "<b>Dr</b>" not in page
@@ -125,11 +149,56 @@ class TestVisitSummary:
 class TestForgedRequests:
     def test_sign_in_without_csrf_token_is_refused(self, california) -> None:
         client = Client(enforce_csrf_checks=True)
-        url = reverse("viewer:icode_sign_in", args=[california.group.slug, california.slug])
+        url = reverse(
+            "viewer:icode_sign_in", args=[california.group.slug, california.slug]
+        )
         response = client.post(url, {"code": "2222-3333-4444-5555"})
+        assert response.status_code == 403
+
+    def test_post_from_own_page_without_origin_is_accepted(self, california) -> None:
+        client = Client(enforce_csrf_checks=True)
+        url = reverse(
+            "viewer:icode_sign_in", args=[california.group.slug, california.slug]
+        )
+        page = client.get(url)
+        response = client.post(
+            url,
+            {"csrfmiddlewaretoken": page.context["csrf_token"], "code": "2222"},
+            HTTP_ORIGIN="null",
+            HTTP_SEC_FETCH_SITE="same-origin",
+        )
+        assert response.status_code == 400
+
+    def test_post_with_null_origin_from_elsewhere_is_refused(self, california) -> None:
+        client = Client(enforce_csrf_checks=True)
+        url = reverse(
+            "viewer:icode_sign_in", args=[california.group.slug, california.slug]
+        )
+        page = client.get(url)
+        for site in ("cross-site", "same-site", None):
+            headers = {"HTTP_SEC_FETCH_SITE": site} if site else {}
+            response = client.post(
+                url,
+                {"csrfmiddlewaretoken": page.context["csrf_token"], "code": "2222"},
+                HTTP_ORIGIN="null",
+                **headers,
+            )
+            assert response.status_code == 403, site
+
+    def test_same_origin_post_without_token_is_refused(self, california) -> None:
+        client = Client(enforce_csrf_checks=True)
+        url = reverse(
+            "viewer:icode_sign_in", args=[california.group.slug, california.slug]
+        )
+        response = client.post(url, {"code": "2222"}, HTTP_SEC_FETCH_SITE="same-origin")
         assert response.status_code == 403
 
     def test_sign_out_by_get_is_refused(self, signed_in) -> None:
         client, exam, _ = signed_in
         assert client.get(reverse("viewer:sign_out")).status_code == 405
-        assert client.get(reverse("viewer:exam_summary", args=[exam.public_id])).status_code == 200
+        assert (
+            client.get(
+                reverse("viewer:exam_summary", args=[exam.public_id])
+            ).status_code
+            == 200
+        )

@@ -43,7 +43,9 @@ def exam_urls(exam: Exam, instance: Instance | None) -> list[str]:
     if instance is not None:
         urls += [
             reverse("viewer:image_view", args=[exam.public_id, instance.public_id]),
-            reverse("viewer:image_jpeg", args=[exam.public_id, instance.public_id, 1, 256]),
+            reverse(
+                "viewer:image_jpeg", args=[exam.public_id, instance.public_id, 1, 256]
+            ),
         ]
     return urls
 
@@ -51,20 +53,29 @@ def exam_urls(exam: Exam, instance: Instance | None) -> list[str]:
 @pytest.fixture
 def two_visits(california, tmp_path):
     """Alice has two visits; her I-Code opens the first only. Bob is someone else."""
-    alice = make_patient(california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12))
+    alice = make_patient(
+        california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+    )
     bob = make_patient(california, "DEMO-2001", "Bob", "Sample", date(1975, 9, 30))
     mine = make_exam(alice, california, "ACC1", day=date(2026, 11, 20))
     my_other_visit = make_exam(alice, california, "ACC2", day=date(2026, 10, 1))
     bobs = make_exam(bob, california, "ACC3", day=date(2026, 11, 20))
     instances = {
-        exam.accession_number: import_ct_for(exam, tmp_path, f"{exam.accession_number}.dcm")
+        exam.accession_number: import_ct_for(
+            exam, tmp_path, f"{exam.accession_number}.dcm"
+        )
         for exam in (mine, my_other_visit, bobs)
     }
     _, code = issue_icode(mine.visit)
     client = Client()
     response = client.post(
         reverse("viewer:icode_sign_in", args=[california.group.slug, california.slug]),
-        {"code": code, "birth_date_month": 4, "birth_date_day": 12, "birth_date_year": 1980},
+        {
+            "code": code,
+            "birth_date_month": 4,
+            "birth_date_day": 12,
+            "birth_date_year": 1980,
+        },
     )
     assert response.status_code == 302
     return client, mine, my_other_visit, bobs, instances
@@ -88,16 +99,26 @@ class TestOutsideScope:
             instance = instances[accession]
             urls = [
                 reverse("viewer:image_view", args=[mine.public_id, instance.public_id]),
-                reverse("viewer:image_jpeg", args=[mine.public_id, instance.public_id, 1, 256]),
+                reverse(
+                    "viewer:image_jpeg",
+                    args=[mine.public_id, instance.public_id, 1, 256],
+                ),
             ]
             for url in urls:
                 assert client.get(url).status_code == 404, url
 
     def test_made_up_and_malformed_ids_are_not_found(self, two_visits) -> None:
         client, mine, _, _, _ = two_visits
-        for exam_id in ("00000000-0000-0000-0000-000000000000", "1", "../../etc/passwd", "%00"):
+        for exam_id in (
+            "00000000-0000-0000-0000-000000000000",
+            "1",
+            "../../etc/passwd",
+            "%00",
+        ):
             assert client.get(f"/exams/{exam_id}/").status_code == 404
-        assert client.get(f"/exams/{mine.public_id}/images/{mine.pk}/").status_code == 404
+        assert (
+            client.get(f"/exams/{mine.public_id}/images/{mine.pk}/").status_code == 404
+        )
 
     def test_other_exams_are_not_listed(self, two_visits) -> None:
         client, mine, other, bobs, _ = two_visits
@@ -108,12 +129,18 @@ class TestOutsideScope:
 
     def test_unsupported_image_size_is_not_found(self, two_visits) -> None:
         client, mine, _, _, instances = two_visits
-        url = reverse("viewer:image_jpeg", args=[mine.public_id, instances["ACC1"].public_id, 1, 300])
+        url = reverse(
+            "viewer:image_jpeg",
+            args=[mine.public_id, instances["ACC1"].public_id, 1, 300],
+        )
         assert client.get(url).status_code == 404
 
     def test_frame_beyond_the_image_is_not_found(self, two_visits) -> None:
         client, mine, _, _, instances = two_visits
-        url = reverse("viewer:image_jpeg", args=[mine.public_id, instances["ACC1"].public_id, 2, 256])
+        url = reverse(
+            "viewer:image_jpeg",
+            args=[mine.public_id, instances["ACC1"].public_id, 2, 256],
+        )
         assert client.get(url).status_code == 404
 
     def test_anonymous_visitor_is_sent_to_the_start(self, two_visits) -> None:
@@ -131,13 +158,20 @@ class TestImagesBeforeCompletion:
         Exam.objects.filter(pk=mine.pk).update(status=Exam.Status.IN_PROGRESS)
         for url in exam_urls(mine, instances["ACC1"])[-2:]:
             assert client.get(url).status_code == 404, url
-        page = client.get(reverse("viewer:exam_images", args=[mine.public_id])).content.decode()
+        page = client.get(
+            reverse("viewer:exam_images", args=[mine.public_id])
+        ).content.decode()
         assert "Images appear here as soon as your exam is completed." in page
 
     def test_cancelled_exam_is_not_listed(self, two_visits) -> None:
         client, mine, _, _, _ = two_visits
         Exam.objects.filter(pk=mine.pk).update(status=Exam.Status.CANCELLED)
-        assert client.get(reverse("viewer:exam_summary", args=[mine.public_id])).status_code == 404
+        assert (
+            client.get(
+                reverse("viewer:exam_summary", args=[mine.public_id])
+            ).status_code
+            == 404
+        )
 
 
 @pytest.mark.django_db
@@ -148,7 +182,10 @@ class TestOwnImages:
         from PIL import Image
 
         client, mine, _, _, instances = two_visits
-        url = reverse("viewer:image_jpeg", args=[mine.public_id, instances["ACC1"].public_id, 1, 256])
+        url = reverse(
+            "viewer:image_jpeg",
+            args=[mine.public_id, instances["ACC1"].public_id, 1, 256],
+        )
         response = client.get(url)
         assert response.status_code == 200
         assert response["Content-Type"] == "image/jpeg"
@@ -157,9 +194,14 @@ class TestOwnImages:
         assert image.format == "JPEG"
         assert image.size == (256, 256)
 
-    def test_second_request_is_served_from_the_render_cache(self, two_visits, isolated_files) -> None:
+    def test_second_request_is_served_from_the_render_cache(
+        self, two_visits, isolated_files
+    ) -> None:
         client, mine, _, _, instances = two_visits
-        url = reverse("viewer:image_jpeg", args=[mine.public_id, instances["ACC1"].public_id, 1, 512])
+        url = reverse(
+            "viewer:image_jpeg",
+            args=[mine.public_id, instances["ACC1"].public_id, 1, 512],
+        )
         first = client.get(url).content
         shutil.rmtree(isolated_files / "media" / "dicom")
         assert client.get(url).content == first

@@ -21,7 +21,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("paths", nargs="+", help="files or folders, read recursively")
+        parser.add_argument(
+            "paths", nargs="+", help="files or folders, read recursively"
+        )
         parser.add_argument(
             "--keep-rejected",
             action="store_true",
@@ -34,13 +36,16 @@ class Command(BaseCommand):
             try:
                 result = import_dicom_file(path)
             except UnusableDicomError as error:
-                quarantine_file(
+                kept = quarantine_file(
                     path,
                     QuarantinedFile.Kind.DICOM,
                     str(error),
                     move=not options["keep_rejected"],
                 )
-                logger.warning("Rejected DICOM file %s: %s", path.name, error)
+                # File names may carry patient names; the log gets the id.
+                logger.warning(
+                    "Rejected DICOM file, quarantined as %d: %s", kept.pk, error
+                )
                 self.stderr.write(f"{path}: rejected: {error}")
                 counts["rejected"] += 1
                 continue

@@ -6,7 +6,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from viewbox.ingest.demo import issue_demo_codes, render_hl7_templates, write_demo_images
+from viewbox.ingest.demo import (
+    issue_demo_codes,
+    render_hl7_templates,
+    write_demo_images,
+)
 
 
 class Command(BaseCommand):
@@ -29,20 +33,26 @@ class Command(BaseCommand):
             call_command("import_hl7", *map(str, hl7_files), stdout=self.stdout)
             image_count = write_demo_images(Path(folder) / "dicom")
             self.stdout.write(f"Prepared {image_count} demo images.")
-            call_command("import_dicom", str(Path(folder) / "dicom"), stdout=self.stdout)
+            call_command(
+                "import_dicom", str(Path(folder) / "dicom"), stdout=self.stdout
+            )
 
         lines = ["Demo patients (obviously fake), with a fresh I-Code per visit:", ""]
         for demo in issue_demo_codes():
             patient, first = demo.patient, demo.exams[0]
             location = first.visit.location
-            lines.append(f"  {patient.given_name.title()} {patient.family_name.title()}")
+            lines.append(
+                f"  {patient.given_name.title()} {patient.family_name.title()}"
+            )
             lines.append(f"    I-Code:        {demo.code}")
             lines.append(f"    Date of birth: {patient.birth_date:%m/%d/%Y}")
             lines.append(
                 f"    Portal:        {location.state.name} > {location.group.name} > "
                 f"{location.name}"
             )
-            lines.append(f"    Exams:         {', '.join(e.description for e in demo.exams)}")
+            lines.append(
+                f"    Exams:         {', '.join(e.description for e in demo.exams)}"
+            )
             lines.append("")
         text = "\n".join(lines)
         Path(options["codes_file"]).write_text(text + "\n", encoding="utf-8")

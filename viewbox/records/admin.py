@@ -1,0 +1,61 @@
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from viewbox.records.models import Exam, Study
+
+
+class MatchedFilter(admin.SimpleListFilter):
+    title = "exam"
+    parameter_name = "matched"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        return [("no", "Waiting for its order"), ("yes", "Matched to an exam")]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[Study]
+    ) -> QuerySet[Study]:
+        if self.value() == "no":
+            return queryset.filter(exam__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(exam__isnull=False)
+        return queryset
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    """Studies as received; staff look here for images waiting for an order."""
+
+    list_display = [
+        "pk",
+        "accession_number",
+        "patient_id",
+        "study_date",
+        "exam",
+        "received_at",
+    ]
+    list_filter = [MatchedFilter]
+    search_fields = ["accession_number", "patient_id"]
+    readonly_fields = [f.name for f in Study._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Exam)
+class ExamAdmin(admin.ModelAdmin):
+    list_display = ["accession_number", "description", "modality", "status", "visit"]
+    list_filter = ["status", "modality"]
+    search_fields = ["accession_number"]
+    readonly_fields = [f.name for f in Exam._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

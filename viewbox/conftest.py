@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from viewbox.browser_fixtures import browser, demo_site  # noqa: F401 (fixtures)
 from viewbox.directory.models import ImagingGroup, Location, State
 from viewbox.records.models import Exam, Patient, ReportVersion, Visit
 

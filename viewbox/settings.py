@@ -9,6 +9,14 @@ Everything an operator changes comes from the environment:
     VIEWBOX_ICODE_KEY      key of the keyed hash that stores I-Codes
     VIEWBOX_DEBUG          "1" to show Django's debug pages (never in production)
     VIEWBOX_ALLOWED_HOSTS  comma-separated host names served (default: local only)
+    VIEWBOX_EMAIL_HOST     SMTP server for outgoing mail (default: 127.0.0.1)
+    VIEWBOX_EMAIL_PORT     its port (default: 25)
+    VIEWBOX_EMAIL_FROM     sender address of the portal's emails
+    VIEWBOX_DEMO_MAILBOX   "1" to show the demo's mailbox page (never in production)
+    VIEWBOX_HTTPS          "1" when served over HTTPS: secure cookies, HSTS, redirects
+    VIEWBOX_PROXY_COUNT    reverse proxies in front of the web server (default: 0);
+                           the client address is then read from X-Forwarded-For
+    VIEWBOX_LOG_FILE       also write the application's log to this file
 """
 
 import os
@@ -79,6 +87,7 @@ INSTALLED_APPS = [
     "viewbox.directory",
     "viewbox.records",
     "viewbox.access",
+    "viewbox.accounts",
     "viewbox.audit",
     "viewbox.ingest",
     "viewbox.viewer",
@@ -164,6 +173,54 @@ X_FRAME_OPTIONS = "DENY"
 # location that did the exam. States not listed release at once.
 REPORT_HOLD_HOURS_BY_STATE = {"CA": 96, "TX": 96}
 
+# Passwords as current NIST guidance has them: at least 8 characters, any
+# length and any Unicode above that, no composition rules, and refused when
+# common, breached or built from the user's own details.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+_VALIDATORS = "django.contrib.auth.password_validation"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"{_VALIDATORS}.MinimumLengthValidator"},
+    {"NAME": f"{_VALIDATORS}.UserAttributeSimilarityValidator"},
+    {"NAME": f"{_VALIDATORS}.CommonPasswordValidator"},
+    {"NAME": f"{_VALIDATORS}.NumericPasswordValidator"},
+]
+PASSWORD_RESET_TIMEOUT = 60 * 60
+LOGIN_URL = "viewer:start"
+
+MAILERS = {
+    "default": {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {
+            "host": os.environ.get("VIEWBOX_EMAIL_HOST", "127.0.0.1"),
+            "port": int(os.environ.get("VIEWBOX_EMAIL_PORT", "25")),
+            "timeout": 10,
+        },
+    }
+}
+DEFAULT_FROM_EMAIL = os.environ.get(
+    "VIEWBOX_EMAIL_FROM", "Patient Portal <portal@localhost>"
+)
+DEMO_MAILBOX = os.environ.get("VIEWBOX_DEMO_MAILBOX") == "1"
+
+# Sign-up: the emailed code, and failed identity checks per client and per
+# patient record.
+EMAIL_CODE_VALID_MINUTES = 10
+EMAIL_CODE_MAX_ATTEMPTS = 5
+SIGN_UP_THROTTLE = {
+    "signup-client": {"limit": 10, "window_minutes": 60},
+    "signup-record": {"limit": 3, "window_minutes": 24 * 60},
+}
+LOG_IN_THROTTLE = {
+    "login-client": {"limit": 20, "window_minutes": 15},
+    "login-user": {"limit": 5, "window_minutes": 15},
+}
+# Sessions end after SESSION_COOKIE_AGE without a request, and in any case
+# this long after sign-in.
+SESSION_ABSOLUTE_SECONDS = 12 * 60 * 60
+
 ICODE_VALID_DAYS = 90
 # Failed I-Code sign-ins: per client address, per code, and for the whole
 # portal. The portal-wide limit stops one guesser spread over many addresses.
@@ -178,14 +235,38 @@ RENDER_TILE_EDGE = 256
 RENDER_VIEW_EDGES = (512, 1024, 2048)
 RENDER_JPEG_QUALITY = 85
 
+# Behind a TLS-terminating proxy the proxy tells Django the scheme, and
+# names the client in X-Forwarded-For; both are trusted only when configured.
+HTTPS = os.environ.get("VIEWBOX_HTTPS") == "1"
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = 365 * 24 * 60 * 60
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+PROXY_COUNT = int(os.environ.get("VIEWBOX_PROXY_COUNT", "0"))
+
+_log_handlers = ["console"]
+_handlers: dict[str, dict[str, str]] = {
+    "console": {"class": "logging.StreamHandler", "formatter": "plain"}
+}
+if log_file := os.environ.get("VIEWBOX_LOG_FILE"):
+    _handlers["file"] = {
+        "class": "logging.handlers.WatchedFileHandler",
+        "filename": log_file,
+        "formatter": "plain",
+    }
+    _log_handlers.append("file")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "INFO"},
+    "handlers": _handlers,
+    "root": {"handlers": _log_handlers, "level": "INFO"},
     # Django's request logger repeats the URL of every 404; ours carry no
     # health information, but a 404 is also what refused access looks like,
     # and that is logged once by the access module.

@@ -10,13 +10,20 @@ from django.utils import timezone
 
 from viewbox.access import codes, throttle
 from viewbox.access.models import ICode
-from viewbox.access.scope import SESSION_ICODE_ID, client_address
+from viewbox.access.scope import SESSION_ICODE_ID, SESSION_SIGNED_IN_AT, client_address
 from viewbox.audit.actions import record_event
 from viewbox.audit.models import AuditEvent
 from viewbox.directory.models import ImagingGroup
 from viewbox.records.models import Exam, Visit
 
 logger = logging.getLogger(__name__)
+
+
+def minutes_until_unlocked(request: HttpRequest, typed_code: str) -> int:
+    """Return the whole minutes a throttled client has to wait, at least 1."""
+    keys = _throttle_keys(request, typed_code)
+    seconds = throttle.seconds_until_unlocked(settings.ICODE_THROTTLE, keys)
+    return max(1, -(-seconds // 60))
 
 
 class SignInResult(enum.Enum):
@@ -127,6 +134,7 @@ def sign_in_with_icode(
     # A fresh session id, so that an id planted before sign-in is worthless.
     request.session.cycle_key()
     request.session[SESSION_ICODE_ID] = icode.pk
+    request.session[SESSION_SIGNED_IN_AT] = timezone.now().timestamp()
     record_event(
         "icode.sign_in",
         actor_kind="icode",
@@ -139,7 +147,12 @@ def sign_in_with_icode(
 
 
 def sign_out(request: HttpRequest) -> None:
+    """End the session, whether an I-Code or an account opened it."""
     icode_id = request.session.get(SESSION_ICODE_ID)
+    user_id = request.user.pk if request.user.is_authenticated else None
+    # flush() also forgets the logged-in user.
     request.session.flush()
-    if icode_id is not None:
+    if user_id is not None:
+        record_event("sign_out", actor_kind="user", actor_id=user_id)
+    elif icode_id is not None:
         record_event("sign_out", actor_kind="icode", actor_id=icode_id)

@@ -9,16 +9,19 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 from django.utils import timezone
 
 from viewbox.access.models import ICode
+from viewbox.accounts.models import Account
 from viewbox.records.models import Exam, Instance
 
 logger = logging.getLogger(__name__)
 
 SESSION_ICODE_ID = "viewbox_icode_id"
+SESSION_SIGNED_IN_AT = "viewbox_signed_in_at"
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,64 @@ class Requester:
 
 
 def client_address(request: HttpRequest) -> str | None:
-    # NOTE: behind a reverse proxy this is the proxy's address; the proxy
-    # must pass the client's address in REMOTE_ADDR (gunicorn's
-    # --forwarded-allow-ips) for per-client throttling to mean anything.
+    """Return the client's IP address, as the nearest trusted proxy saw it.
+
+    With PROXY_COUNT proxies in front, the address is that many entries from
+    the right of X-Forwarded-For, since entries further left come from the
+    client and can be forged. Without proxies it is the peer address.
+    """
+    if settings.PROXY_COUNT > 0:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if len(hops) >= settings.PROXY_COUNT:
+            return hops[-settings.PROXY_COUNT]
     return request.META.get("REMOTE_ADDR")
 
 
 def requester_from_request(request: HttpRequest) -> Requester | None:
     """Return the requester of a signed-in session, or None.
 
-    The I-Code is checked again on every request, so a code that expires or
-    is revoked ends the sessions it opened.
+    The I-Code or account is checked again on every request, so a code that
+    expires or is revoked, or an account that is disabled, ends the sessions
+    it opened. Every session also ends a fixed time after sign-in.
     """
+    signed_in_at = request.session.get(SESSION_SIGNED_IN_AT)
+    if signed_in_at is None:
+        return None
+    age = timezone.now().timestamp() - float(signed_in_at)
+    if not 0 <= age < settings.SESSION_ABSOLUTE_SECONDS:
+        request.session.flush()
+        return None
+    if request.user.is_authenticated:
+        return _account_requester(request)
+    return _icode_requester(request)
+
+
+def _account_requester(request: HttpRequest) -> Requester | None:
+    user_id = request.user.pk
+    account = (
+        Account.objects.filter(user_id=user_id, user__is_active=True).first()
+        if user_id is not None
+        else None
+    )
+    if account is None:
+        request.session.flush()
+        return None
+    exam_ids = frozenset(
+        Exam.objects.filter(visit__patient_id=account.patient_id).values_list(
+            "pk", flat=True
+        )
+    )
+    return Requester(
+        kind="account",
+        actor_id=account.pk,
+        patient_id=account.patient_id,
+        exam_ids=exam_ids,
+        client_address=client_address(request),
+    )
+
+
+def _icode_requester(request: HttpRequest) -> Requester | None:
     icode_id = request.session.get(SESSION_ICODE_ID)
     if icode_id is None:
         return None

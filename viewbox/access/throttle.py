@@ -7,6 +7,7 @@ Each failure adds a row to some buckets; a bucket key is locked while it holds
 import hashlib
 import hmac
 import logging
+import math
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -67,3 +68,24 @@ def _prune(limits: Limits, now: datetime) -> None:
     for bucket in limits:
         expired = now - _window(limits, bucket)
         ThrottleEvent.objects.filter(bucket=bucket, created_at__lt=expired).delete()
+
+
+def seconds_until_unlocked(limits: Limits, keys: dict[str, str]) -> int:
+    """Return how long until every bucket among ``keys`` is below its limit."""
+    now = timezone.now()
+    longest = 0
+    for bucket, key in keys.items():
+        window = _window(limits, bucket)
+        times = list(
+            ThrottleEvent.objects.filter(
+                bucket=bucket, key=key, created_at__gt=now - window
+            )
+            .order_by("created_at")
+            .values_list("created_at", flat=True)
+        )
+        excess = len(times) - limits[bucket]["limit"]
+        if excess >= 0:
+            # The lock lifts when enough of the oldest failures age out.
+            unlocked_at = times[excess] + window
+            longest = max(longest, math.ceil((unlocked_at - now).total_seconds()))
+    return longest

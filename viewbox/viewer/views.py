@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -20,7 +21,8 @@ from viewbox.access.scope import (
     requester_from_request,
 )
 from viewbox.audit.actions import record_event
-from viewbox.directory.models import ImagingGroup, Location, State
+from viewbox.directory.models import ImagingGroup, State
+from viewbox.directory.queries import location_or_404
 from viewbox.records.models import Exam, Instance
 from viewbox.records.release import report_state
 from viewbox.viewer.forms import ICodeForm
@@ -41,6 +43,10 @@ def patient_required(view: View) -> View:
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         requester = requester_from_request(request)
         if requester is None:
+            # A browser that still sends a session cookie had a session that
+            # ended; tell the person why they are back at the start.
+            if settings.SESSION_COOKIE_NAME in request.COOKIES:
+                return redirect(reverse("viewer:start") + "?session=ended")
             return redirect("viewer:start")
         return view(request, requester, *args, **kwargs)
 
@@ -64,7 +70,8 @@ def _audit_view(requester: Requester, action: str, exam: Exam | None = None) -> 
 @require_GET
 def start(request: HttpRequest) -> HttpResponse:
     states = State.objects.filter(groups__isnull=False).distinct()
-    return render(request, "viewer/start.html", {"states": states})
+    context = {"states": states, "session_ended": request.GET.get("session") == "ended"}
+    return render(request, "viewer/start.html", context)
 
 
 @require_GET
@@ -95,19 +102,11 @@ def choose_location(request: HttpRequest, group_slug: str) -> HttpResponse:
     )
 
 
-def _location(group_slug: str, location_slug: str) -> Location:
-    return get_object_or_404(
-        Location.objects.select_related("group__state"),
-        group__slug=group_slug,
-        slug=location_slug,
-    )
-
-
 @require_GET
 def sign_in_choices(
     request: HttpRequest, group_slug: str, location_slug: str
 ) -> HttpResponse:
-    location = _location(group_slug, location_slug)
+    location = location_or_404(group_slug, location_slug)
     return render(
         request,
         "viewer/sign_in_choices.html",
@@ -119,7 +118,7 @@ def sign_in_choices(
 def icode_sign_in(
     request: HttpRequest, group_slug: str, location_slug: str
 ) -> HttpResponse:
-    location = _location(group_slug, location_slug)
+    location = location_or_404(group_slug, location_slug)
     form = ICodeForm(request.POST if request.method == "POST" else None)
     problem = None
     if request.method == "POST" and form.is_valid():
@@ -139,14 +138,25 @@ def icode_sign_in(
         "form": form,
         "problem": problem,
     }
+    if problem == "throttled":
+        context["wait_minutes"] = access_actions.minutes_until_unlocked(
+            request, form.cleaned_data["code"]
+        )
     status = 200 if problem is None else (429 if problem == "throttled" else 400)
     if request.method == "POST" and not form.is_valid():
         status = 400
     return render(request, "viewer/icode_sign_in.html", context, status=status)
 
 
-@require_POST
-def sign_out(request: HttpRequest) -> HttpResponse:
+@require_http_methods(["GET", "POST"])
+def sign_out_or_confirm(request: HttpRequest) -> HttpResponse:
+    """Sign out on POST; on GET, offer the button, since a link must not sign out."""
+    if request.method == "GET":
+        return render(request, "viewer/sign_out.html")
+    return _sign_out(request)
+
+
+def _sign_out(request: HttpRequest) -> HttpResponse:
     group_slug = request.session.get(SESSION_GROUP_SLUG)
     access_actions.sign_out(request)
     response = (
@@ -154,7 +164,22 @@ def sign_out(request: HttpRequest) -> HttpResponse:
         if group_slug
         else redirect("viewer:start")
     )
+    # Ask the browser to drop everything it kept from the session as well.
+    response["Clear-Site-Data"] = '"cache", "cookies", "storage"'
     return response
+
+
+@require_POST
+@patient_required
+def keep_alive(request: HttpRequest, requester: Requester) -> HttpResponse:
+    """Extend a session whose owner said they are still there."""
+    return HttpResponse(status=204)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Explain a refused form in words a patient can act on."""
+    logger.warning("Form refused by the CSRF check: %s", reason)
+    return render(request, "viewer/csrf_failure.html", status=403)
 
 
 # The exam view: list on the left, three tabs on the right.
@@ -176,12 +201,16 @@ def _exam_context(
         "tab": tab,
         "group": group,
         "time_zone": _local_time_zone(exam) if exam else None,
+        "session_idle_seconds": settings.SESSION_COOKIE_AGE,
     }
 
 
 @require_GET
 @patient_required
 def exam_list(request: HttpRequest, requester: Requester) -> HttpResponse:
+    exams = exams_for(requester)
+    if len(exams) == 1:
+        return redirect("viewer:exam_summary", exams[0].public_id)
     _audit_view(requester, "exam.list")
     return render(
         request, "viewer/exam_list.html", _exam_context(request, requester, None, "")

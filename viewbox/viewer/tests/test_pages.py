@@ -1,6 +1,7 @@
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import time_machine
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
@@ -146,6 +147,47 @@ class TestVisitSummary:
 
 
 @pytest.mark.django_db
+class TestSignOut:
+    def test_sign_out_clears_site_data(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        response = client.post(reverse("viewer:sign_out"))
+        assert response["Clear-Site-Data"] == '"cache", "cookies", "storage"'
+        page = client.get(reverse("viewer:exam_summary", args=[exam.public_id]))
+        assert page.status_code == 302
+        assert page["Location"] == "/?session=ended"
+
+    def test_ended_session_is_explained(self, client) -> None:
+        page = client.get("/?session=ended").content.decode()
+        assert "You were signed out." in page
+
+    def test_session_ends_twelve_hours_after_sign_in(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        url = reverse("viewer:exam_summary", args=[exam.public_id])
+        start = datetime.now(UTC)
+        # Stay active every 10 minutes; the absolute limit still applies.
+        for minutes in range(0, 12 * 60, 10):
+            with time_machine.travel(start + timedelta(minutes=minutes)):
+                assert client.get(url).status_code == 200, minutes
+        with time_machine.travel(start + timedelta(hours=12, minutes=1)):
+            assert client.get(url).status_code == 302
+
+    def test_session_ends_after_fifteen_idle_minutes(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        url = reverse("viewer:exam_summary", args=[exam.public_id])
+        with time_machine.travel(datetime.now(UTC) + timedelta(minutes=15, seconds=5)):
+            assert client.get(url).status_code == 302
+
+    def test_keep_alive_extends_the_session(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        start = datetime.now(UTC)
+        with time_machine.travel(start + timedelta(minutes=14)):
+            assert client.post(reverse("viewer:keep_alive")).status_code == 204
+        with time_machine.travel(start + timedelta(minutes=28)):
+            url = reverse("viewer:exam_summary", args=[exam.public_id])
+            assert client.get(url).status_code == 200
+
+
+@pytest.mark.django_db
 class TestForgedRequests:
     def test_sign_in_without_csrf_token_is_refused(self, california) -> None:
         client = Client(enforce_csrf_checks=True)
@@ -193,9 +235,13 @@ class TestForgedRequests:
         response = client.post(url, {"code": "2222"}, HTTP_SEC_FETCH_SITE="same-origin")
         assert response.status_code == 403
 
-    def test_sign_out_by_get_is_refused(self, signed_in) -> None:
+    def test_sign_out_link_only_offers_the_button(self, signed_in) -> None:
         client, exam, _ = signed_in
-        assert client.get(reverse("viewer:sign_out")).status_code == 405
+        page = client.get(reverse("viewer:sign_out"))
+        assert page.status_code == 200
+        assert '<button type="submit" class="button button--primary">Sign out' in (
+            page.content.decode()
+        )
         assert (
             client.get(
                 reverse("viewer:exam_summary", args=[exam.public_id])

@@ -122,7 +122,7 @@ class TestOutsideScope:
 
     def test_other_exams_are_not_listed(self, two_visits) -> None:
         client, mine, other, bobs, _ = two_visits
-        page = client.get(reverse("viewer:exam_list")).content.decode()
+        page = client.get(reverse("viewer:exam_list"), follow=True).content.decode()
         assert str(mine.public_id) in page
         assert str(other.public_id) not in page
         assert str(bobs.public_id) not in page

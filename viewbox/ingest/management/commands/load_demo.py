@@ -47,6 +47,10 @@ class Command(BaseCommand):
             lines.append(f"    I-Code:        {demo.code}")
             lines.append(f"    Date of birth: {patient.birth_date:%m/%d/%Y}")
             lines.append(
+                f"    Sign-up:       sex {patient.sex or '-'}, "
+                f"ZIP {patient.postal_code}, phone {patient.phone}"
+            )
+            lines.append(
                 f"    Portal:        {location.state.name} > {location.group.name} > "
                 f"{location.name}"
             )

@@ -2,7 +2,6 @@
 // Without JavaScript the frame form submits and the page reloads instead.
 (function () {
   "use strict";
-  document.documentElement.classList.add("js");
   document.addEventListener("DOMContentLoaded", function () {
     var viewer = document.querySelector(".image-viewer");
     var slider = document.getElementById("frame");
@@ -14,12 +13,17 @@
     var frames = Number(viewer.dataset.frames);
     var template = viewer.dataset.urlTemplate;
 
+    var altTemplate = image.dataset.altTemplate;
+
     function show(frame) {
       var url = template.replace("/999999/", "/" + frame + "/");
       image.removeAttribute("srcset");
       image.src = url;
+      image.alt = altTemplate.replace("999999", frame);
       output.textContent = frame + " / " + frames;
       slider.setAttribute("aria-valuetext", frame + " / " + frames);
+      // Keep the frame in the address, so that reloading stays on it.
+      history.replaceState(null, "", "?frame=" + frame);
     }
 
     slider.addEventListener("input", function () {

@@ -12,6 +12,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from viewbox.access import actions as access_actions
+from viewbox.access.models import ICode
 from viewbox.access.scope import (
     Requester,
     access_exam_by_public_id,
@@ -21,7 +22,7 @@ from viewbox.access.scope import (
     requester_from_request,
 )
 from viewbox.audit.actions import record_event
-from viewbox.directory.models import ImagingGroup, State
+from viewbox.directory.models import ImagingGroup, Location, State
 from viewbox.directory.queries import location_or_404
 from viewbox.records.models import Exam, Instance
 from viewbox.records.release import report_state
@@ -202,7 +203,18 @@ def _exam_context(
         "group": group,
         "time_zone": _local_time_zone(exam) if exam else None,
         "session_idle_seconds": settings.SESSION_COOKIE_AGE,
+        "sign_up_location": _sign_up_location(requester),
     }
+
+
+def _sign_up_location(requester: Requester) -> Location | None:
+    """Return where an I-Code holder can create an account, or None."""
+    if requester.kind != "icode":
+        return None
+    icode = ICode.objects.select_related("visit__location__group").get(
+        pk=requester.actor_id
+    )
+    return icode.visit.location
 
 
 @require_GET

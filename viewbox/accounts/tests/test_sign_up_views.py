@@ -425,6 +425,7 @@ class TestLogIn:
         )
         page = client.get(reverse("viewer:exam_list"), follow=True).content.decode()
         assert "US ECHOCARDIOGRAM" not in page
+        assert url("accounts:about_you", maryland) in page
 
         sign_up_until_code(client, maryland)
         client.post(

@@ -1,8 +1,10 @@
 """Benchmark Viewbox's render_jpeg against Orthanc's frame preview.
 
 Both render the same 200 frames of mixed modalities and transfer syntaxes to
-JPEG. Run it through bench/run, which provides the private network namespace
-that this script checks for before it starts Orthanc.
+JPEG. Viewbox also renders the portal's tile, and the three sizes of a first
+view, once per size and in one render_jpegs call. Run it through bench/run,
+which provides the private network namespace that this script checks for
+before it starts Orthanc.
 """
 
 import ctypes
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,27 @@ from PIL import Image
 REPOSITORY: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
-from viewbox.viewer.rendering import RenderError, render_jpeg  # noqa: E402
+from viewbox.viewer.rendering import (  # noqa: E402
+    RenderError,
+    render_jpeg,
+    render_jpegs,
+)
 
 FRAME_COUNT: Final = 200
 PORTAL_MAX_EDGE: Final = 1024
+# The tile of the portal's image list, and the sizes that the render_previews
+# task makes from one decode after an import.
+TILE_EDGE: Final = 256
+FIRST_VIEW_EDGES: Final = (TILE_EDGE, 512, 1024)
+FIRST_VIEW: Final = "Viewbox first view"
+EACH_FIRST_VIEW_EDGE: Final = "Viewbox 256+512+1024 apart"
+# Columns of the per-source table: (title, name of the Viewbox run).
+PER_SOURCE_COLUMNS: Final = (
+    ("full", "Viewbox full size"),
+    ("tile", f"Viewbox tile {TILE_EDGE}"),
+    ("apart", EACH_FIRST_VIEW_EDGE),
+    ("first", FIRST_VIEW),
+)
 # Orthanc 1.10 encodes previews at JPEG quality 90 (the quantization tables
 # of its previews match libjpeg's at 90), so Viewbox uses 90 here too.
 ORTHANC_PREVIEW_QUALITY: Final = 90
@@ -147,14 +166,38 @@ def interleave(sources: list[Source]) -> list[tuple[Source, int]]:
     return [(source, frame) for _, source, frame in keyed]
 
 
-def time_viewbox(plan: list[tuple[Source, int]], max_edge: int | None) -> Timings:
+# A function that renders one frame of a file, the unit that the benchmark times.
+Renderer = Callable[[Path, int], object]
+
+
+def render_at(max_edge: int | None) -> Renderer:
+    def render(path: Path, frame: int) -> bytes:
+        return render_jpeg(
+            path, frame, max_edge=max_edge, quality=ORTHANC_PREVIEW_QUALITY
+        )
+
+    return render
+
+
+def render_each_first_view_edge(path: Path, frame: int) -> list[bytes]:
+    """Render the first view's sizes with one render_jpeg call each."""
+    return [
+        render_jpeg(path, frame, max_edge=edge, quality=ORTHANC_PREVIEW_QUALITY)
+        for edge in FIRST_VIEW_EDGES
+    ]
+
+
+def render_first_view(path: Path, frame: int) -> dict[int | None, bytes]:
+    """Render the first view's sizes from one decode."""
+    return render_jpegs(path, frame, FIRST_VIEW_EDGES, quality=ORTHANC_PREVIEW_QUALITY)
+
+
+def time_viewbox(plan: list[tuple[Source, int]], render: Renderer) -> Timings:
     timings = Timings()
     for source, frame in plan:
         start = time.perf_counter()
         try:
-            render_jpeg(
-                source.path, frame, max_edge=max_edge, quality=ORTHANC_PREVIEW_QUALITY
-            )
+            render(source.path, frame)
         except RenderError as error:
             timings.add(source, 0.0, str(error))
             continue
@@ -354,11 +397,11 @@ def compare_sizes(
     return mismatches
 
 
-def warm_up_viewbox(sources: list[Source], max_edge: int | None) -> None:
+def warm_up_viewbox(sources: list[Source], render: Renderer) -> None:
     """Load the decoders and fill the page cache before timing."""
     for source in sources:
         try:
-            render_jpeg(source.path, source.frames[0], max_edge=max_edge)
+            render(source.path, source.frames[0])
         except RenderError:
             pass
 
@@ -399,21 +442,26 @@ def print_summary(
 
 
 def print_per_source(
-    full_size: Timings, orthanc: Timings, sources: list[Source]
+    results: dict[str, Timings], orthanc: Timings, sources: list[Source]
 ) -> None:
-    print(f"\n{'source (ms per frame)':36} {'frames':>6} {'Viewbox':>8} {'Orthanc':>8}")
+    titles = " ".join(f"{title:>8}" for title, _ in PER_SOURCE_COLUMNS)
+    print(f"\n{'source (ms per frame)':36} {'frames':>6} {titles} {'Orthanc':>8}")
     for source in sources:
-        viewbox = full_size.seconds.get(source.label, [])
-        viewbox_text = (
-            f"{1000 * sum(viewbox) / len(viewbox):8.2f}" if viewbox else "  failed"
-        )
+        cells = []
+        for _, name in PER_SOURCE_COLUMNS:
+            viewbox = results[name].seconds.get(source.label, [])
+            cells.append(
+                f"{1000 * sum(viewbox) / len(viewbox):8.2f}" if viewbox else "  failed"
+            )
         reference = orthanc.seconds.get(source.label, [])
         if reference:
             orthanc_text = f"{1000 * sum(reference) / len(reference):8.2f}"
         else:
             reasons = sorted(set(orthanc.failures.get(source.label, [])))
             orthanc_text = f"  failed ({', '.join(reasons)})"
-        print(f"{source.label:36} {source.count:6d} {viewbox_text} {orthanc_text}")
+        print(f"{source.label:36} {source.count:6d} {' '.join(cells)} {orthanc_text}")
+    legend = ", ".join(f"{title} = {name}" for title, name in PER_SOURCE_COLUMNS)
+    print(f"Viewbox columns: {legend}")
 
 
 def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
@@ -435,13 +483,17 @@ def main() -> None:
         f"{ORTHANC_PREVIEW_QUALITY}, Python {sys.version.split()[0]}"
     )
 
+    runs: list[tuple[str, Renderer]] = [
+        ("Viewbox full size", render_at(None)),
+        (f"Viewbox max_edge {PORTAL_MAX_EDGE}", render_at(PORTAL_MAX_EDGE)),
+        (f"Viewbox tile {TILE_EDGE}", render_at(TILE_EDGE)),
+        (EACH_FIRST_VIEW_EDGE, render_each_first_view_edge),
+        (FIRST_VIEW, render_first_view),
+    ]
     results = {}
-    for name, max_edge in (
-        ("Viewbox full size", None),
-        (f"Viewbox max_edge {PORTAL_MAX_EDGE}", PORTAL_MAX_EDGE),
-    ):
-        warm_up_viewbox(sources, max_edge)
-        results[name] = time_viewbox(plan, max_edge)
+    for name, render in runs:
+        warm_up_viewbox(sources, render)
+        results[name] = time_viewbox(plan, render)
     # ru_maxrss is in KiB on Linux. Orthanc runs in another process, and the
     # upload below has not yet read any file into this one.
     peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -457,11 +509,12 @@ def main() -> None:
 
     results["Orthanc preview"] = orthanc
     print_summary(results, orthanc, peak_rss_kib, round_trip)
-    print_per_source(results["Viewbox full size"], orthanc, sources)
+    print_per_source(results, orthanc, sources)
     for line in mismatches:
         print(f"Output sizes differ: {line}")
-    if results["Viewbox full size"].failed():
-        raise SystemExit(f"Viewbox failed: {results['Viewbox full size'].failures}")
+    for name, _ in runs:
+        if results[name].failed():
+            raise SystemExit(f"{name} failed: {results[name].failures}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tests of render_jpeg on real DICOM files shipped by installed packages.
+"""Tests of render_jpeg and render_jpegs on real DICOM files from packages.
 
 No Django database is needed: these are plain pytest tests.
 """
@@ -6,6 +6,7 @@ No Django database is needed: these are plain pytest tests.
 import importlib.util
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.pixels import apply_color_lut, pixel_array
 
-from viewbox.viewer.rendering import RenderError, render_jpeg
+from viewbox.viewer import rendering
+from viewbox.viewer.rendering import RenderError, render_jpeg, render_jpegs
 
 
 def package_directory(name: str) -> Path:
@@ -398,3 +400,203 @@ class TestColor:
         narrow = render_jpeg(PYDICOM_DATA / "SC_rgb.dcm")
 
         assert wide == narrow
+
+
+def downscaled_full_render(source: Path, size: tuple[int, int]) -> NDArray[np.float64]:
+    """Render at full resolution, then downscale as the renderer does."""
+    image = decode_jpeg(render_jpeg(source, quality=100))
+    resized = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return np.asarray(resized, dtype=np.float64)
+
+
+def rendering_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "viewbox.viewer.rendering"
+    ]
+
+
+class TestRenderJpegs:
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "CR MONOCHROME1 JPEG 2000",
+            "US multi-frame JPEG baseline YBR_FULL_422",
+            "US palette RLE",
+            "MG RLE",
+            "Enhanced CT functional groups",
+        ],
+    )
+    def test_each_edge_matches_render_jpeg(self, case: str) -> None:
+        source, frame, _, mode = RENDERED_CASES[case]
+        edges = (256, 512, 1024, None)
+
+        jpegs = render_jpegs(source, frame, edges, quality=100)
+
+        assert list(jpegs) == list(edges)
+        for edge in edges:
+            single = decode_jpeg(render_jpeg(source, frame, edge, quality=100))
+            batch = decode_jpeg(jpegs[edge])
+            assert batch.size == single.size, edge
+            assert batch.mode == single.mode == mode, edge
+            difference = np.abs(
+                np.asarray(batch, dtype=np.float64)
+                - np.asarray(single, dtype=np.float64)
+            )
+            assert difference.mean() < 1.0, edge
+
+    def test_frame_is_decoded_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        calls = []
+        read_frame = rendering._read_frame
+
+        def counting_read_frame(*args: Any) -> Any:
+            calls.append(args[1:])
+            return read_frame(*args)
+
+        monkeypatch.setattr(rendering, "_read_frame", counting_read_frame)
+
+        render_jpegs(PYDICOM_DATA / "RG1_UNCI.dcm", 0, (256, 512, 1024))
+
+        # The largest edge decides how far the decode may reduce the frame.
+        assert calls == [(0, 1024)]
+
+    def test_repeated_edge_gives_one_entry(self) -> None:
+        jpegs = render_jpegs(PYDICOM_DATA / "693_UNCI.dcm", 0, (256, 256, None))
+
+        assert list(jpegs) == [256, None]
+
+    def test_no_edges_give_empty_dict(self) -> None:
+        assert render_jpegs(PYDICOM_DATA / "693_UNCI.dcm", 0, ()) == {}
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"edges": (256, 0)}, "every edge must be at least 1 or None, not 0"),
+            (
+                {"edges": (256,), "quality": 0},
+                "quality must be between 1 and 100, not 0",
+            ),
+        ],
+    )
+    def test_invalid_argument_raises_value_error(
+        self, options: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(ValueError) as raised:
+            render_jpegs(PYDICOM_TEST_FILES / "MR_small.dcm", 0, **options)
+
+        assert str(raised.value) == message
+
+
+# (file, edge whose render decodes the frame at a reduced resolution, and
+# limits of the mean and 99.9th percentile of the absolute difference from
+# the full-resolution render downscaled). The percentile catches rims along
+# sharp edges that a mean hides.
+REDUCED_CASES = {
+    "CR MONOCHROME1 15-bit JPEG 2000 lossless": (
+        PYDICOM_DATA / "RG1_J2KR.dcm",
+        512,
+        (1.0, 40),
+    ),
+    "CR MONOCHROME1 JPEG 2000 lossy": (
+        PYDICOM_DATA / "RG1_J2KI.dcm",
+        256,
+        (1.0, 40),
+    ),
+    "CR MONOCHROME1 10-bit JPEG 2000": (
+        PYDICOM_DATA / "RG3_J2KR.dcm",
+        256,
+        (1.0, 40),
+    ),
+    "MR 12-bit JPEG 2000": (PYDICOM_DATA / "MR2_J2KR.dcm", 256, (1.5, 40)),
+    "CT signed 16-bit JPEG 2000": (
+        PYDICOM_TEST_FILES / "JPEG2000.dcm",
+        256,
+        (1.0, 40),
+    ),
+    # Ultrasound speckle is so fine that this comparison is loose even
+    # without reduction: US1_UNCR, uncompressed, differs by a mean of 1.6 and
+    # a 99.9th percentile of 60.
+    "US YBR_RCT JPEG 2000": (PYDICOM_DATA / "US1_J2KR.dcm", 200, (4.0, 80)),
+    "US YBR_FULL_422 JPEG baseline": (
+        PYDICOM_DATA / "color3d_jpeg_baseline.dcm",
+        256,
+        (1.0, 40),
+    ),
+}
+
+
+class TestReducedResolution:
+    @pytest.mark.parametrize("case", REDUCED_CASES)
+    def test_frame_is_decoded_smaller(self, case: str) -> None:
+        source, edge, _ = REDUCED_CASES[case]
+
+        with source.open("rb") as file:
+            _, decoded = rendering._read_frame(file, 0, edge)
+
+        height, width = decoded.pixels.shape[:2]
+        full_width, full_height = decoded.full_size
+        assert width <= (full_width + 1) // 2
+        assert height <= (full_height + 1) // 2
+
+    @pytest.mark.parametrize("case", REDUCED_CASES)
+    def test_output_matches_full_resolution(
+        self, case: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        source, edge, (mean_limit, percentile_limit) = REDUCED_CASES[case]
+
+        reduced = decode_jpeg(render_jpeg(source, max_edge=edge, quality=100))
+        expected = downscaled_full_render(source, reduced.size)
+
+        assert max(reduced.size) == edge
+        difference = np.abs(np.asarray(reduced, dtype=np.float64) - expected)
+        assert difference.mean() < mean_limit
+        assert np.percentile(difference, 99.9) < percentile_limit
+        assert rendering_warnings(caplog) == []
+
+    def test_monochrome1_tile_is_inverted(self) -> None:
+        rendered = decode_jpeg(render_jpeg(PYDICOM_DATA / "RG1_J2KR.dcm", max_edge=512))
+        tile = np.asarray(rendered, dtype=np.float64)
+
+        # The regions of TestGrayscale.test_monochrome1_is_inverted, scaled
+        # from 1955 to 512 rows.
+        lung = (slice(174, 184), slice(130, 140))
+        spine = (slice(225, 235), slice(236, 246))
+        assert tile[lung].mean() < tile[spine].mean() - 50
+
+    def test_large_edge_decodes_full_size(self) -> None:
+        # 1024 of 1955 rows: a level-1 decode (978 rows) would be scaled up.
+        source = PYDICOM_DATA / "RG1_J2KR.dcm"
+
+        with source.open("rb") as file:
+            _, decoded = rendering._read_frame(file, 0, 1024)
+
+        assert decoded.pixels.shape == (1955, 1841)
+
+    def test_sign_mismatch_decodes_full_size(self) -> None:
+        # Pixel Representation is 1 but the codestream is unsigned, a case
+        # that pydicom's decoders correct and the reduced decode leaves to them.
+        source = PYDICOM_TEST_FILES / "J2K_pixelrep_mismatch.dcm"
+
+        tile = render_jpegs(source, 0, (128,))[128]
+
+        assert tile == render_jpegs(source, 0, (128, None))[128]
+
+    def test_truncated_tile_is_rejected(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        original = (PYDICOM_DATA / "RG3_J2KR.dcm").read_bytes()
+        truncated = tmp_path / "RG3_J2KR_truncated.dcm"
+        truncated.write_bytes(original[: len(original) // 2])
+
+        with pytest.raises(RenderError) as raised:
+            render_jpeg(truncated, max_edge=256)
+
+        assert str(raised.value) == (
+            "Frame 0 of (7FE0,0010) Pixel Data could not be decoded as "
+            "'JPEG 2000 Image Compression (Lossless Only)'"
+        )
+        assert rendering_warnings(caplog) == [
+            "Reduced-resolution decoding of frame 0 failed with OSError, so the "
+            "frame is decoded at full resolution"
+        ]

@@ -24,8 +24,6 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from django.utils.translation import gettext_lazy as _
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("VIEWBOX_DATA_DIR", BASE_DIR / "var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -150,9 +148,11 @@ STATIC_ROOT.mkdir(exist_ok=True)
 QUARANTINE_DIR = DATA_DIR / "quarantine"
 
 LANGUAGE_CODE = "en"
-LANGUAGES = [("en", _("English")), ("es", _("Spanish"))]
+# Each language is offered in its own name, so a reader finds theirs.
+LANGUAGES = [("en", "English"), ("es", "Español")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_I18N = True
+FORMAT_MODULE_PATH = ["viewbox.formats"]
 USE_TZ = True
 TIME_ZONE = "UTC"
 

@@ -9,6 +9,7 @@ from django.contrib.auth.views import PasswordResetConfirmView
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import translation
 from django.views.decorators.http import require_http_methods, require_POST
 
 from viewbox.access.scope import client_address
@@ -279,6 +280,7 @@ def forgot_password(
             form.cleaned_data["identifier"],
             location.pk,
             request.build_absolute_uri("/")[:-1],
+            translation.get_language() or "en",
         )
         return render(request, "accounts/forgot_password_sent.html", _context(location))
     status = 400 if request.method == "POST" else 200

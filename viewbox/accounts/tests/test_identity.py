@@ -367,9 +367,9 @@ class TestQuestionShape:
             for kind in (LOCATION, EXAM, REFERRER)
         }
         assert prompts == {
-            LOCATION: "Which location did you visit on Nov. 2, 2025?",
-            EXAM: "Which exam did you have on Nov. 2, 2025?",
-            REFERRER: "Which doctor referred you for an exam on Nov. 2, 2025?",
+            LOCATION: "Which location did you visit on November 2, 2025?",
+            EXAM: "Which exam did you have on November 2, 2025?",
+            REFERRER: "Which doctor referred you for an exam on November 2, 2025?",
         }
 
     def test_prompt_never_holds_a_choice(self, california, fiona) -> None:

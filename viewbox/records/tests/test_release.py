@@ -131,6 +131,16 @@ class TestReportTab:
         # 2026-12-05 18:00 UTC is 10:00 in Los Angeles.
         assert "Your report will appear here on December 5, 2026, 10:00 AM PST." in page
 
+    def test_held_report_tab_speaks_spanish(self, client, ca_exam) -> None:
+        add_report(ca_exam, "F", FINDINGS, SIGNED)
+        client.cookies["django_language"] = "es"
+        with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
+            sign_in(client, ca_exam)
+            url = reverse("viewer:exam_report", args=[ca_exam.public_id])
+            page = client.get(url).content.decode()
+        assert '<html lang="es">' in page
+        assert "Su informe aparecerá aquí el 5 de diciembre de 2026, 10:00 PST." in page
+
     def test_held_report_print_view_is_not_found(self, client, ca_exam) -> None:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):

@@ -1,6 +1,7 @@
 """Shared test fixtures: a directory, fake patients and real DICOM files."""
 
 import importlib.util
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from viewbox.accounts.mail_catcher import MailCatcher
 from viewbox.browser_fixtures import browser, demo_site  # noqa: F401 (fixtures)
 from viewbox.directory.models import ImagingGroup, Location, State
 from viewbox.records.models import Exam, Patient, ReportVersion, Visit
@@ -138,3 +140,22 @@ def add_report(
         sent_to_referrer_at=sent_at if sent_at is not None else signed_at,
         message_control_id=control_id or f"TEST-{ReportVersion.objects.count() + 1}",
     )
+
+
+@pytest.fixture
+def mail_catcher(settings: Any) -> Iterator[MailCatcher]:
+    """Start a MailCatcher on a free loopback port and send the portal's mail to it.
+
+    pytest-django makes every mailer use the in-memory email backend. This
+    fixture puts the SMTP backend back as the default mailer, so that
+    messages travel through a real SMTP session.
+    """
+    with MailCatcher() as catcher:
+        settings.MAILERS = {
+            **settings.MAILERS,
+            "default": {
+                "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": catcher.host, "port": catcher.port, "timeout": 10},
+            },
+        }
+        yield catcher

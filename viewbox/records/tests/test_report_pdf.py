@@ -25,7 +25,9 @@ def pdf_text(pdf: bytes, tmp_path) -> str:
 @needs_pdftotext
 class TestReportPdf:
     def test_pdf_holds_the_report_and_the_facts(self, maryland, tmp_path) -> None:
-        patient = make_patient(maryland, "DEMO-1", "Barbara", "Sample", date(1975, 9, 30))
+        patient = make_patient(
+            maryland, "DEMO-1", "Barbara", "Sample", date(1975, 9, 30)
+        )
         exam = make_exam(patient, maryland, "ACC77", description="MG SCREENING")
         version = add_report(
             exam, "F", "IMPRESSION: BI-RADS 1.", datetime(2026, 12, 1, 15, tzinfo=UTC)
@@ -33,13 +35,22 @@ class TestReportPdf:
         pdf = render_report_pdf(exam, version)
         assert pdf.startswith(b"%PDF")
         text = pdf_text(pdf, tmp_path)
-        for expected in ("MG SCREENING", "Barbara Sample", "ACC77", "IMPRESSION: BI-RADS 1."):
+        for expected in (
+            "MG SCREENING",
+            "Barbara Sample",
+            "ACC77",
+            "IMPRESSION: BI-RADS 1.",
+        ):
             assert expected in text
         assert "December 1, 2026, 10:00 AM EST" in text
 
     def test_markup_in_report_text_is_printed_as_text(self, maryland, tmp_path) -> None:
-        patient = make_patient(maryland, "DEMO-1", "<b>Eve</b>", "Sample", date(1975, 9, 30))
-        exam = make_exam(patient, maryland, "ACC78", description="<font size=40>CT</font>")
+        patient = make_patient(
+            maryland, "DEMO-1", "<b>Eve</b>", "Sample", date(1975, 9, 30)
+        )
+        exam = make_exam(
+            patient, maryland, "ACC78", description="<font size=40>CT</font>"
+        )
         version = add_report(
             exam, "F", "<script>alert(1)</script> & <b>bold</b>", datetime.now(UTC)
         )

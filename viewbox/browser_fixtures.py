@@ -42,15 +42,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _browser_database_url(data_dir: Path) -> str:
-    """Return a database of its own for the served demo, next to the suite's."""
+def separate_database_url(data_dir: Path, suffix: str = "browser") -> str:
+    """Return a new, empty database for servers that tests start as processes.
+
+    SQLite gets a file in ``data_dir``; on PostgreSQL a database named after
+    the suite's with ``suffix`` is created afresh.
+    """
     suite_url = os.environ.get("VIEWBOX_DATABASE_URL", "")
     if not suite_url.startswith(("postgres://", "postgresql://")):
         return f"sqlite:///{data_dir / 'db.sqlite3'}"
     import psycopg
 
     parts = urlsplit(suite_url)
-    name = f"{parts.path.lstrip('/') or 'viewbox'}_browser"
+    name = f"{parts.path.lstrip('/') or 'viewbox'}_{suffix}"
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -66,7 +70,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
     env = {
         **os.environ,
         "VIEWBOX_DATA_DIR": str(data_dir),
-        "VIEWBOX_DATABASE_URL": _browser_database_url(data_dir),
+        "VIEWBOX_DATABASE_URL": separate_database_url(data_dir),
         "VIEWBOX_EMAIL_PORT": str(mail.port),
     }
     manage = [sys.executable, str(REPO / "manage.py")]

@@ -24,6 +24,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from django.utils.csp import CSP
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("VIEWBOX_DATA_DIR", BASE_DIR / "var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,7 @@ INSTALLED_APPS = [
     "viewbox.records",
     "viewbox.access",
     "viewbox.accounts",
+    "viewbox.downloads",
     "viewbox.audit",
     "viewbox.ingest",
     "viewbox.viewer",
@@ -102,6 +105,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "viewbox.viewer.middleware.NoStoreMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "viewbox.urls"
@@ -167,6 +171,17 @@ CSRF_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "no-referrer"
 X_FRAME_OPTIONS = "DENY"
+# Scripts and styles come only from our own static files, never inline.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
 
 # Signed reports wait this many hours after signing and sending to the
 # referring physician before the patient sees them, by the US state of the
@@ -213,6 +228,13 @@ SIGN_UP_THROTTLE = {
     "signup-client": {"limit": 10, "window_minutes": 60},
     "signup-record": {"limit": 3, "window_minutes": 24 * 60},
 }
+# Emails that anyone can trigger: sign-up codes per client, and password
+# reset links per client and per User ID or address asked for.
+CODE_MAIL_THROTTLE = {"code-mail-client": {"limit": 10, "window_minutes": 60}}
+RESET_MAIL_THROTTLE = {
+    "reset-client": {"limit": 10, "window_minutes": 60},
+    "reset-account": {"limit": 3, "window_minutes": 60},
+}
 LOG_IN_THROTTLE = {
     "login-client": {"limit": 20, "window_minutes": 15},
     "login-user": {"limit": 5, "window_minutes": 15},
@@ -220,6 +242,13 @@ LOG_IN_THROTTLE = {
 # Sessions end after SESSION_COOKIE_AGE without a request, and in any case
 # this long after sign-in.
 SESSION_ABSOLUTE_SECONDS = 12 * 60 * 60
+
+# Prepared downloads stay this long, and people are warned this long before
+# they go. A package whose worker has not reported for PACKAGE_STALL_SECONDS
+# is prepared again (VIEWBOX_PACKAGE_STALL_SECONDS; tests shorten it).
+PACKAGE_KEEP_HOURS = 24
+PACKAGE_WARN_HOURS = 2
+PACKAGE_STALL_SECONDS = int(os.environ.get("VIEWBOX_PACKAGE_STALL_SECONDS", "300"))
 
 ICODE_VALID_DAYS = 90
 # Failed I-Code sign-ins: per client address, per code, and for the whole

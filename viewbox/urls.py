@@ -5,5 +5,6 @@ urlpatterns = [
     path("staff/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("viewbox.accounts.urls")),
+    path("", include("viewbox.downloads.urls")),
     path("", include("viewbox.viewer.urls")),
 ]

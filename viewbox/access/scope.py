@@ -8,6 +8,7 @@ does not exist, so an outsider cannot learn which ids are real.
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -17,6 +18,9 @@ from django.utils import timezone
 from viewbox.access.models import ICode
 from viewbox.accounts.models import Account
 from viewbox.records.models import Exam, Instance
+
+if TYPE_CHECKING:
+    from viewbox.downloads.models import Package
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +181,19 @@ def access_instance_by_public_id(
     if instance is None or not instance.has_pixels:
         raise _refuse(requester, "image")
     return exam, instance
+
+
+def access_package_by_public_id(
+    requester: Requester, exam_public_id: str | uuid.UUID, public_id: str | uuid.UUID
+) -> tuple[Exam, "Package"]:
+    """Return a download package of an exam in scope, or raise Http404."""
+    from viewbox.downloads.models import Package
+
+    exam = access_exam_by_public_id(requester, exam_public_id)
+    parsed = _parse_public_id(public_id)
+    package = (
+        Package.objects.filter(exam=exam, public_id=parsed).first() if parsed else None
+    )
+    if package is None or not images_visible(exam):
+        raise _refuse(requester, "package")
+    return exam, package

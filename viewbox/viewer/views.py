@@ -5,7 +5,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -18,12 +18,15 @@ from viewbox.access.scope import (
     access_exam_by_public_id,
     access_instance_by_public_id,
     exams_for,
+    images_visible,
     instances_for,
     requester_from_request,
 )
 from viewbox.audit.actions import record_event
 from viewbox.directory.models import ImagingGroup, Location, State
 from viewbox.directory.queries import location_or_404
+from viewbox.downloads.forms import DownloadForm
+from viewbox.downloads.queries import latest_packages, ready_package_exam_ids
 from viewbox.records.models import Exam, Instance
 from viewbox.records.release import report_state
 from viewbox.viewer.forms import ICodeForm
@@ -34,14 +37,14 @@ logger = logging.getLogger(__name__)
 
 SESSION_GROUP_SLUG = "viewbox_group_slug"
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 def patient_required(view: View) -> View:
     """Pass the signed-in requester to the view, or send the browser home."""
 
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         requester = requester_from_request(request)
         if requester is None:
             # A browser that still sends a session cookie had a session that
@@ -90,7 +93,12 @@ def group_portal(request: HttpRequest, group_slug: str) -> HttpResponse:
     group = get_object_or_404(
         ImagingGroup.objects.select_related("state"), slug=group_slug
     )
-    return render(request, "viewer/group_portal.html", {"group": group})
+    context = {
+        "group": group,
+        "signed_out": request.GET.get("signed_out") == "1",
+        "session_ended": request.GET.get("session") == "ended",
+    }
+    return render(request, "viewer/group_portal.html", context)
 
 
 @require_GET
@@ -160,11 +168,13 @@ def sign_out_or_confirm(request: HttpRequest) -> HttpResponse:
 def _sign_out(request: HttpRequest) -> HttpResponse:
     group_slug = request.session.get(SESSION_GROUP_SLUG)
     access_actions.sign_out(request)
-    response = (
-        redirect("viewer:group_portal", group_slug)
-        if group_slug
-        else redirect("viewer:start")
-    )
+    if group_slug:
+        target = reverse("viewer:group_portal", args=[group_slug])
+    else:
+        target = reverse("viewer:start")
+    # The page's timer signs out an idle session with reason "idle".
+    idle = request.POST.get("reason") == "idle"
+    response = redirect(target + ("?session=ended" if idle else "?signed_out=1"))
     # Ask the browser to drop everything it kept from the session as well.
     response["Clear-Site-Data"] = '"cache", "cookies", "storage"'
     return response
@@ -190,14 +200,17 @@ def _local_time_zone(exam: Exam) -> ZoneInfo:
     return ZoneInfo(exam.visit.location.state.time_zone)
 
 
-def _exam_context(
+def exam_context(
     request: HttpRequest, requester: Requester, exam: Exam | None, tab: str
 ) -> dict[str, Any]:
+    """Return what every page of the exam view shows: the list and the tabs."""
     group = ImagingGroup.objects.filter(
         slug=request.session.get(SESSION_GROUP_SLUG)
     ).first()
+    exams = list(exams_for(requester))
     return {
-        "exams": list(exams_for(requester)),
+        "exams": exams,
+        "ready_exam_ids": ready_package_exam_ids(exams),
         "exam": exam,
         "tab": tab,
         "group": group,
@@ -225,7 +238,7 @@ def exam_list(request: HttpRequest, requester: Requester) -> HttpResponse:
         return redirect("viewer:exam_summary", exams[0].public_id)
     _audit_view(requester, "exam.list")
     return render(
-        request, "viewer/exam_list.html", _exam_context(request, requester, None, "")
+        request, "viewer/exam_list.html", exam_context(request, requester, None, "")
     )
 
 
@@ -236,7 +249,7 @@ def exam_summary(
 ) -> HttpResponse:
     exam = access_exam_by_public_id(requester, exam_id)
     _audit_view(requester, "exam.summary", exam)
-    context = _exam_context(request, requester, exam, "summary")
+    context = exam_context(request, requester, exam, "summary")
     context["report"] = report_state(exam)
     return render(request, "viewer/exam_summary.html", context)
 
@@ -251,7 +264,7 @@ def exam_report(
     _audit_view(
         requester, "report.view" if state.released else "report.unavailable", exam
     )
-    context = _exam_context(request, requester, exam, "report")
+    context = exam_context(request, requester, exam, "report")
     context["report"] = state
     return render(request, "viewer/exam_report.html", context)
 
@@ -277,9 +290,11 @@ def exam_images(
 ) -> HttpResponse:
     exam = access_exam_by_public_id(requester, exam_id)
     _audit_view(requester, "images.list", exam)
-    context = _exam_context(request, requester, exam, "images")
+    context = exam_context(request, requester, exam, "images")
     context["instances"] = [i for i in instances_for(exam) if i.has_pixels]
     context["tile_edge"] = settings.RENDER_TILE_EDGE
+    context["packages"] = latest_packages(exam)
+    context["download_form"] = DownloadForm() if images_visible(exam) else None
     return render(request, "viewer/exam_images.html", context)
 
 
@@ -316,7 +331,7 @@ def image_view(
     exam, instance = access_instance_by_public_id(requester, exam_id, instance_id)
     frame = _frame_number(request, instance.number_of_frames)
     _audit_view(requester, "image.view", exam)
-    context = _exam_context(request, requester, exam, "images")
+    context = exam_context(request, requester, exam, "images")
     position = list(
         instances_for(exam).filter(rows__gt=0).values_list("public_id", flat=True)
     )

@@ -19,7 +19,14 @@
       clearTimeout(warnTimer);
       clearTimeout(endTimer);
       warnTimer = setTimeout(function () { dialog.showModal(); }, warnMs);
-      endTimer = setTimeout(function () { form.submit(); }, idleMs);
+      endTimer = setTimeout(function () {
+        var reason = document.createElement("input");
+        reason.type = "hidden";
+        reason.name = "reason";
+        reason.value = "idle";
+        form.appendChild(reason);
+        form.submit();
+      }, idleMs);
     }
 
     document.getElementById("stay-signed-in").addEventListener("click", function () {

@@ -11,6 +11,8 @@ without a record, against the typed details), so that repeated guesses lock
 a real record and a made-up person alike.
 """
 
+import hashlib
+import hmac
 import logging
 import random
 import re
@@ -586,3 +588,22 @@ def _throttle_keys(
         "signup-client": throttle.bucket_key(client_address or "unknown"),
         "signup-record": throttle.bucket_key(record),
     }
+
+
+def question_rng(
+    group: ImagingGroup, patient: Patient | None, about: AboutYou, day: date
+) -> random.Random:
+    """Return the random source for one person's questions on one day.
+
+    Seeding it from the record (or, without a match, the typed details) and
+    the day gives the same questions however often step 1 is sent again.
+    Fresh questions on every try would let someone collect many samples and
+    pick the choice that always comes back, and tell a real record from a
+    decoy by how the choices spread.
+    """
+    subject = f"patient:{patient.pk}" if patient else f"details:{_details_key(about)}"
+    message = f"sign-up-questions:{group.pk}:{subject}:{day.isoformat()}".encode()
+    digest = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).digest()
+    # The seed is a keyed digest that changes daily, and each sign-up shows
+    # only a few choices from it, so a plain PRNG is enough here.
+    return random.Random(int.from_bytes(digest, "big"))  # noqa: S311

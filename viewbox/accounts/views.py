@@ -1,5 +1,5 @@
 import logging
-import random
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import translation
 from django.views.decorators.http import require_http_methods, require_POST
 
+from viewbox.access import throttle
 from viewbox.access.scope import client_address
 from viewbox.accounts import actions, email_codes, identity, sign_up
 from viewbox.accounts.forms import (
@@ -71,9 +72,8 @@ def about_you(
     patient = identity.find_patient(location.group, about)
     state.about = {**form.cleaned_data, "birth_date": about.birth_date.isoformat()}
     state.patient_id = patient.pk if patient else None
-    questions = identity.build_questions(
-        location.group, patient, random.SystemRandom(), sex=about.sex
-    )
+    rng = identity.question_rng(location.group, patient, about, local_today(location))
+    questions = identity.build_questions(location.group, patient, rng, sex=about.sex)
     state.questions = [question.to_session() for question in questions]
     state.step = sign_up.VERIFY
     sign_up.save(request, state)
@@ -166,11 +166,15 @@ def credentials(
         return render(request, "accounts/credentials.html", context, status=400)
 
     state.user_id = form.cleaned_data["user_id"]
+    if state.email and state.email != form.cleaned_data["email"]:
+        # A new address starts a new sequence of codes, so that a code sent
+        # to the old address can never validate the new one.
+        state.sign_up_id = secrets.token_hex(16)
     state.email = form.cleaned_data["email"]
     state.password_hash = make_password(form.cleaned_data["password"])
     state.step = sign_up.EMAIL
     sign_up.save(request, state)
-    return _send_code(state, location)
+    return _send_code(request, state, location)
 
 
 # Step 4: the code from the email.
@@ -226,16 +230,25 @@ def resend_code(
     state = sign_up.load(request, group_slug)
     if state is None or state.step < sign_up.EMAIL:
         return redirect(_step_url("about_you", location))
-    return _send_code(state, location, resent=True)
+    return _send_code(request, state, location, resent=True)
 
 
 def _send_code(
-    state: sign_up.SignUpState, location: Location, resent: bool = False
+    request: HttpRequest,
+    state: sign_up.SignUpState,
+    location: Location,
+    resent: bool = False,
 ) -> HttpResponse:
+    # Each client may have only so many codes emailed, whatever the address,
+    # so that the form cannot be used to flood someone's mailbox.
+    keys = {"code-mail-client": throttle.bucket_key(client_address(request) or "")}
+    if throttle.locked_buckets(settings.CODE_MAIL_THROTTLE, keys):
+        return redirect(_step_url("email", location) + "?sent=0")
     try:
         code = email_codes.issue_email_code(state.sign_up_id, state.email)
     except email_codes.ResendLimitReached:
         return redirect(_step_url("email", location) + "?sent=0")
+    throttle.record_failure(settings.CODE_MAIL_THROTTLE, keys)
     email_codes.send_sign_up_code(state.email, code, str(email_codes.PORTAL_NAME))
     suffix = "?sent=1" if resent else ""
     return redirect(_step_url("email", location) + suffix)
@@ -274,14 +287,23 @@ def forgot_password(
     location = location_or_404(group_slug, location_slug)
     form = ForgotPasswordForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
-        # The emails go out from the worker, so this answer takes the same
-        # time whether or not an account matches.
-        send_password_reset_emails.enqueue(
-            form.cleaned_data["identifier"],
-            location.pk,
-            request.build_absolute_uri("/")[:-1],
-            translation.get_language() or "en",
-        )
+        identifier = form.cleaned_data["identifier"]
+        keys = {
+            "reset-client": throttle.bucket_key(client_address(request) or ""),
+            "reset-account": throttle.bucket_key("reset:" + identifier.strip().lower()),
+        }
+        # Past the limit nothing is sent, but the answer is the same, so
+        # that it tells nothing about accounts or limits.
+        if not throttle.locked_buckets(settings.RESET_MAIL_THROTTLE, keys):
+            throttle.record_failure(settings.RESET_MAIL_THROTTLE, keys)
+            # The emails go out from the worker, so this answer takes the
+            # same time whether or not an account matches.
+            send_password_reset_emails.enqueue(
+                identifier,
+                location.pk,
+                request.build_absolute_uri("/")[:-1],
+                translation.get_language() or "en",
+            )
         return render(request, "accounts/forgot_password_sent.html", _context(location))
     status = 400 if request.method == "POST" else 200
     context = _context(location, form=form)

@@ -1,6 +1,7 @@
 """Sign-up, log-in and password reset through HTTP, with mail over real SMTP."""
 
 import re
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -223,6 +224,39 @@ class TestRefusedSignUp:
         response = client.post(url("accounts:email", maryland), {"code": code})
         assert response.status_code == 302
         assert Account.objects.count() == 1
+
+    def test_sending_step_one_again_gives_the_same_questions(
+        self, client, maryland, barbara
+    ) -> None:
+        client.post(url("accounts:about_you", maryland), about_barbara())
+        first = client.session["viewbox_sign_up"]["questions"]
+        for _ in range(5):
+            client.post(url("accounts:about_you", maryland), about_barbara())
+            assert client.session["viewbox_sign_up"]["questions"] == first
+
+    def test_made_up_person_gets_the_same_decoys_every_time(
+        self, client, maryland, barbara
+    ) -> None:
+        made_up = about_barbara(given_name="Zed", family_name="Nobody")
+        client.post(url("accounts:about_you", maryland), made_up)
+        first = client.session["viewbox_sign_up"]["questions"]
+        client.post(url("accounts:about_you", maryland), made_up)
+        assert client.session["viewbox_sign_up"]["questions"] == first
+
+    def test_code_sent_to_an_earlier_address_does_not_count(
+        self, client, maryland, barbara, mail_catcher
+    ) -> None:
+        sign_up_until_code(client, maryland)
+        old_code = emailed_code(mail_catcher, 1)
+        data = credentials()
+        data["email"] = "someone.else@example.com"
+        client.post(url("accounts:credentials", maryland), data)
+        new_code = emailed_code(mail_catcher, 2)
+        assert mail_catcher.messages[1]["To"] == "someone.else@example.com"
+        if old_code != new_code:
+            response = client.post(url("accounts:email", maryland), {"code": old_code})
+            assert response.status_code == 400
+            assert not Account.objects.exists()
 
     def test_sign_up_form_without_csrf_token_is_refused(
         self, maryland, barbara
@@ -470,6 +504,19 @@ class TestPasswordReset:
         assert token.sub(b"", known.content) == token.sub(b"", unknown.content)
         mail_catcher.wait_for_count(1)
         assert len(mail_catcher.messages) == 1
+
+    def test_reset_emails_are_limited_per_account(
+        self, client, maryland, barbara_account, mail_catcher
+    ) -> None:
+        for _ in range(5):
+            response = client.post(
+                url("accounts:forgot_password", maryland),
+                {"identifier": "barbara.sample"},
+            )
+            assert response.status_code == 200
+        mail_catcher.wait_for_count(3)
+        time.sleep(0.5)
+        assert len(mail_catcher.messages) == 3
 
     def test_reset_link_works_once(
         self, client, maryland, barbara_account, mail_catcher

@@ -150,3 +150,44 @@ class TestWorkerKilledMidTask:
             n for n in names if n.startswith("DICOM/") and not n.endswith("/")
         ]
         assert len(dicom_files) == 2
+
+
+REQUEST_MANY = """
+from viewbox.downloads.models import Package
+from viewbox.downloads.tasks import prepare_package
+from viewbox.records.models import Exam
+for exam in Exam.objects.filter(status="completed"):
+    for fmt in ("zip", "iso"):
+        package = Package.objects.create(exam=exam, format=fmt)
+        prepare_package.enqueue(package.pk)
+print(Package.objects.count())
+"""
+
+COUNT_ATTEMPTS = """
+from viewbox.downloads.models import Package
+print(sorted(Package.objects.values_list("status", "attempts")))
+"""
+
+
+@pytest.mark.slow
+class TestSeveralWorkers:
+    def test_two_workers_never_build_the_same_package(self, site: Site) -> None:
+        total = int(site.manage("shell", "-c", REQUEST_MANY).split()[-1])
+        workers = [site.start_worker(), site.start_worker()]
+        try:
+            wait_for(
+                lambda: (
+                    "preparing"
+                    not in (rows := site.manage("shell", "-c", COUNT_ATTEMPTS))
+                    and "queued" not in rows
+                ),
+                "both workers to finish",
+            )
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                worker.wait(timeout=60)
+        # The shell prints a line about imported objects first.
+        rows = site.manage("shell", "-c", COUNT_ATTEMPTS).strip().splitlines()[-1]
+        assert rows == str(sorted([("ready", 1)] * total))

@@ -58,9 +58,9 @@ class Site:
         )
 
     def is_writing(self, package_id: int) -> bool:
-        """Progress above 0 while preparing means the file is being written."""
-        status, progress, _ = self.package_row(package_id)
-        return status == "preparing" and progress > 0
+        """Return whether the package is preparing and its partial file exists."""
+        partial = list((self.data_dir / "media" / "packages").glob(".*.partial"))
+        return bool(partial) and self.package_row(package_id)[0] == "preparing"
 
     def package_row(self, package_id: int) -> tuple[str, int, str]:
         query = "SELECT status, progress, file FROM downloads_package WHERE id = %s"

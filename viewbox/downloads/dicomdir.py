@@ -2,11 +2,13 @@
 
 A DICOMDIR is a Basic Directory (PS3.3 F.3): a Directory Record Sequence of
 PATIENT, STUDY, SERIES and leaf records, linked by byte offsets counted from
-the start of the file, preamble included. pydicom's FileSet writes a
+the start of the file, preamble included. pydicom 3.0's FileSet writes a
 DICOMDIR only together with copies of every instance, and its add() scans
 every staged instance, so its cost grows with the square of the instance
-count. Here each record is encoded once to learn its length, the offsets
-are set, and it is encoded again: the cost grows linearly.
+count. Here each record is encoded once, without the three elements that
+link it to others. Those have a fixed length, so every offset is known
+before the file is assembled, and the cost grows linearly with the number
+of instances.
 
     directory = DicomDirectory()
     with open("ct.dcm", "rb") as file:
@@ -16,6 +18,7 @@ are set, and it is encoded again: the cost grows linearly.
 """
 
 import io
+import itertools
 import logging
 import struct
 from collections import Counter
@@ -41,8 +44,9 @@ logger = logging.getLogger(__name__)
 FILE_SET_ID: Final = "VIEWBOX"
 
 # Keys of each directory record type (PS3.3 F.5), as (keyword, type). Type 1
-# keys that an instance lacks get a fallback (see _FALLBACKS) or an empty
-# value, Type 2 keys an empty value, and Type 1C and 3 keys are left out.
+# keys that an instance lacks get a fallback (see _FALLBACKS and _NUMBERED)
+# or an empty value, Type 2 keys an empty value, and Type 1C keys are copied
+# when present.
 _PATIENT_KEYS: Final = (("PatientName", "2"), ("PatientID", "1"))
 _STUDY_KEYS: Final = (
     ("StudyDate", "1"),
@@ -101,22 +105,23 @@ _FALLBACKS: Final = {
 # siblings (1-based): they only order and label records.
 _NUMBERED: Final = frozenset({"StudyID", "SeriesNumber", "InstanceNumber"})
 
-_OTHER_KEYWORDS: Final = (
-    "SpecificCharacterSet",
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "VerifyingObserverSequence",
-)
-HEADER_KEYWORDS: Final = sorted(
+_OTHER_KEYWORDS: Final = ("SpecificCharacterSet", "VerifyingObserverSequence")
+_HEADER_KEYWORDS: Final = sorted(
     {keyword for keyword, _ in _PATIENT_KEYS + _STUDY_KEYS + _SERIES_KEYS}
     | {keyword for keys in _LEAF_KEYS.values() for keyword, _ in keys}
     | {keyword for keywords in _FALLBACKS.values() for keyword in keywords}
     | set(_OTHER_KEYWORDS)
 )
 
-# Explicit VR Little Endian encodings of the sequence and item headers.
+# Explicit VR Little Endian encodings of the sequence and item headers, of
+# an element with a 2-byte length, and of the three elements that open every
+# record: (0004,1400) Offset of the Next Directory Record, (0004,1410) Record
+# In-use Flag and (0004,1420) Offset of Referenced Lower-Level Directory
+# Entity.
 _SEQUENCE_HEADER: Final = struct.Struct("<HH2s2xI")
 _ITEM_HEADER: Final = struct.Struct("<HHI")
+_SHORT_ELEMENT: Final = struct.Struct("<HH2sH")
+_LINKS: Final = struct.Struct("<HH2sHI HH2sHH HH2sHI")
 _DIRECTORY_RECORD_SEQUENCE: Final = (0x0004, 0x1220)
 _ITEM: Final = (0xFFFE, 0xE000)
 _RECORD_IN_USE: Final = 0xFFFF
@@ -137,7 +142,7 @@ def read_header(file: BinaryIO) -> Dataset:
     lets OSError through.
     """
     try:
-        return dcmread(file, stop_before_pixels=True, specific_tags=HEADER_KEYWORDS)
+        return dcmread(file, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
     except OSError:
         raise
     except Exception as error:  # pydicom raises many kinds on broken input
@@ -152,8 +157,9 @@ def leaf_record_type(sop_class_uid: str) -> str:
     Classes that are not a structured report, key object selection,
     presentation state or encapsulated document get IMAGE records.
     """
-    # NOTE: RT, waveform and other non-image classes are listed as IMAGE;
-    # the Viewbox portal stores images and the documents named above.
+    # NOTE: RT objects, waveforms and other classes without pixel data also
+    # get IMAGE records, which strict DICOMDIR readers may reject. Their own
+    # record types (PS3.3 F.5) are not written.
     keyword = UID(sop_class_uid).keyword
     if keyword == "KeyObjectSelectionDocumentStorage":
         return "KEY OBJECT DOC"
@@ -168,9 +174,12 @@ def leaf_record_type(sop_class_uid: str) -> str:
 
 @dataclass
 class _Node:
-    record: Dataset
+    """A directory record, encoded without its three link elements."""
+
+    body: bytes
     children: list["_Node"] = field(default_factory=list)
     offset: int = 0
+    next_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -250,19 +259,16 @@ class DicomDirectory:
                 series_key, study.children, "SERIES", _SERIES_KEYS, header
             )
 
-        record_type = leaf_record_type(sop_class_uid)
+        references = _References(
+            file_id, sop_class_uid, sop_instance_uid, transfer_syntax_uid
+        )
         position = len(series.children) + 1
-        leaf = self._record(record_type, _LEAF_KEYS[record_type], header, position)
-        leaf.ReferencedFileID = list(file_id)
-        leaf.ReferencedSOPClassUIDInFile = sop_class_uid
-        leaf.ReferencedSOPInstanceUIDInFile = sop_instance_uid
-        leaf.ReferencedTransferSyntaxUIDInFile = transfer_syntax_uid
-        if (
-            record_type == "SR DOCUMENT"
-            and header.get("VerificationFlag") == "VERIFIED"
-        ):
-            leaf.VerificationDateTime = _latest_verification(header)
-        series.children.append(_Node(leaf))
+        record_type = leaf_record_type(sop_class_uid)
+        if record_type == "IMAGE":
+            body = self._image_record(references, header, position)
+        else:
+            body = self._leaf_record(record_type, references, header, position)
+        series.children.append(_Node(body))
         self._sop_instance_uids.add(sop_instance_uid)
         self._leaves.append(f"{'/'.join(file_id)}={sop_instance_uid}")
 
@@ -274,7 +280,8 @@ class DicomDirectory:
         keys: Sequence[tuple[str, str]],
         header: Dataset,
     ) -> _Node:
-        node = _Node(self._record(record_type, keys, header, len(siblings) + 1))
+        record = self._record(record_type, keys, header, len(siblings) + 1)
+        node = _Node(_encode_record(record))
         siblings.append(node)
         self._nodes[key] = node
         return node
@@ -287,11 +294,8 @@ class DicomDirectory:
         position: int,
     ) -> Dataset:
         record = Dataset()
-        record.OffsetOfTheNextDirectoryRecord = 0
-        record.RecordInUseFlag = _RECORD_IN_USE
-        record.OffsetOfReferencedLowerLevelDirectoryEntity = 0
         record.DirectoryRecordType = record_type
-        if "SpecificCharacterSet" in header:
+        if _has_value(header, "SpecificCharacterSet"):
             record.add(header["SpecificCharacterSet"])
         for keyword, key_type in keys:
             if _has_value(header, keyword):
@@ -301,6 +305,51 @@ class DicomDirectory:
             elif key_type == "2":
                 setattr(record, keyword, None)
         return record
+
+    def _leaf_record(
+        self,
+        record_type: str,
+        references: "_References",
+        header: Dataset,
+        position: int,
+    ) -> bytes:
+        record = self._record(record_type, _LEAF_KEYS[record_type], header, position)
+        record.ReferencedFileID = list(references.file_id)
+        record.ReferencedSOPClassUIDInFile = references.sop_class_uid
+        record.ReferencedSOPInstanceUIDInFile = references.sop_instance_uid
+        record.ReferencedTransferSyntaxUIDInFile = references.transfer_syntax_uid
+        if (
+            record_type == "SR DOCUMENT"
+            and header.get("VerificationFlag") == "VERIFIED"
+        ):
+            record.VerificationDateTime = _latest_verification(header)
+        return _encode_record(record)
+
+    def _image_record(
+        self, references: "_References", header: Dataset, position: int
+    ) -> bytes:
+        """Encode an IMAGE record directly: pydicom's cost per element would
+        dominate the DICOMDIR of a large exam. Every value is ASCII."""
+        value = header.get("InstanceNumber")
+        # pydicom keeps an IS that is not a number as text.
+        if isinstance(value, int):
+            instance_number = str(int(value))
+        else:
+            instance_number = str(position)
+            self._missing[_Missing("IMAGE", "InstanceNumber", "position")] += 1
+        elements = [
+            _ascii_element(0x0004, 0x1430, b"CS", "IMAGE"),
+            _ascii_element(0x0004, 0x1500, b"CS", "\\".join(references.file_id)),
+            _ascii_element(0x0004, 0x1510, b"UI", references.sop_class_uid),
+            _ascii_element(0x0004, 0x1511, b"UI", references.sop_instance_uid),
+            _ascii_element(0x0004, 0x1512, b"UI", references.transfer_syntax_uid),
+        ]
+        if _has_value(header, "SpecificCharacterSet"):
+            terms = header.SpecificCharacterSet
+            names = [terms] if isinstance(terms, str) else list(terms)
+            elements.append(_ascii_element(0x0008, 0x0005, b"CS", "\\".join(names)))
+        elements.append(_ascii_element(0x0020, 0x0013, b"IS", instance_number))
+        return b"".join(elements)
 
     def _add_replacement(
         self, record: Dataset, keyword: str, header: Dataset, position: int
@@ -328,7 +377,7 @@ class DicomDirectory:
             raise DicomdirError("the DICOMDIR would list no instance")
         for missing, count in sorted(self._missing.items(), key=str):
             logger.warning(
-                "%d DICOMDIR %s records lack the Type 1 key %s; wrote %s instead",
+                "%d DICOMDIR %s records lack the Type 1 key %s, so %s was written",
                 count,
                 missing.record_type,
                 missing.keyword,
@@ -341,7 +390,7 @@ class DicomDirectory:
         offset = header_length + _SEQUENCE_HEADER.size
         for node in nodes:
             node.offset = offset
-            offset += _ITEM_HEADER.size + len(_encode_record(node.record))
+            offset += _ITEM_HEADER.size + _LINKS.size + len(node.body)
         _link(self._patients)
         for node in nodes:
             _link(node.children)
@@ -355,19 +404,31 @@ class DicomDirectory:
             _SEQUENCE_HEADER.pack(*_DIRECTORY_RECORD_SEQUENCE, b"SQ", sequence_length),
         ]
         for node in nodes:
-            body = _encode_record(node.record)
-            parts.append(_ITEM_HEADER.pack(*_ITEM, len(body)))
-            parts.append(body)
+            lower = node.children[0].offset if node.children else 0
+            parts.append(_ITEM_HEADER.pack(*_ITEM, _LINKS.size + len(node.body)))
+            parts.append(_links(node.next_offset, lower))
+            parts.append(node.body)
         data = b"".join(parts)
-        assert len(data) == offset, "a record's length changed with its offsets"
+        assert len(data) == offset, "the records' lengths changed"
         return data
 
 
+@dataclass(frozen=True)
+class _References:
+    """The elements of a leaf record that reference its file (PS3.3 F.3.2.2)."""
+
+    file_id: tuple[str, ...]
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
 def _required_uid(dataset: Dataset, keyword: str) -> str:
-    if not _has_value(dataset, keyword):
+    value = dataset.get(keyword)
+    if not value:
         tag = Tag(keyword)
         raise DicomdirError(f"{tag} {dictionary_description(tag)} is missing or empty")
-    return str(dataset[keyword].value)
+    return str(value)
 
 
 def _has_value(dataset: Dataset, keyword: str) -> bool:
@@ -391,12 +452,25 @@ def _depth_first(nodes: list[_Node]) -> Iterator[_Node]:
 
 
 def _link(siblings: list[_Node]) -> None:
-    """Set the next and lower-level offsets of siblings, in order."""
-    for index, node in enumerate(siblings):
-        following = siblings[index + 1].offset if index + 1 < len(siblings) else 0
-        lower = node.children[0].offset if node.children else 0
-        node.record.OffsetOfTheNextDirectoryRecord = following
-        node.record.OffsetOfReferencedLowerLevelDirectoryEntity = lower
+    for node, following in itertools.pairwise(siblings):
+        node.next_offset = following.offset
+
+
+def _links(next_offset: int, lower_offset: int) -> bytes:
+    """Encode the three elements that open every record and link it."""
+    return _LINKS.pack(
+        0x0004, 0x1400, b"UL", 4, next_offset,
+        0x0004, 0x1410, b"US", 2, _RECORD_IN_USE,
+        0x0004, 0x1420, b"UL", 4, lower_offset,
+    )  # fmt: skip
+
+
+def _ascii_element(group: int, element: int, vr: bytes, value: str) -> bytes:
+    """Encode a short element whose value is ASCII text, padded to even length."""
+    data = value.encode("ascii")
+    if len(data) % 2:
+        data += b"\0" if vr == b"UI" else b" "
+    return _SHORT_ELEMENT.pack(group, element, vr, len(data)) + data
 
 
 def _encode_record(record: Dataset) -> bytes:
@@ -408,7 +482,7 @@ def _encode_record(record: Dataset) -> bytes:
 
 
 def _encode_header(instance_uid: str, first_offset: int, last_offset: int) -> bytes:
-    """Encode the preamble, File Meta Information and the elements that
+    """Encode the preamble, the File Meta Information and the elements that
     precede the Directory Record Sequence."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
@@ -426,7 +500,7 @@ def _encode_header(instance_uid: str, first_offset: int, last_offset: int) -> by
 
 
 def referenced_file_ids(data: bytes) -> list[tuple[str, ...]]:
-    """Return the Referenced File IDs of a DICOMDIR, in record order.
+    """Return the Referenced File IDs of a DICOMDIR, in the order of its links.
 
     Follows the offsets from the root, so a record that no offset reaches,
     an offset that points at no record, or a loop raises DicomdirError.

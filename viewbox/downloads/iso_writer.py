@@ -57,17 +57,17 @@ class _StoredFile(io.RawIOBase):
         return self._position
 
     def read(self, size: int | None = -1) -> bytes:
-        wanted = self._size - self._position
+        length = self._size - self._position
         if size is not None and size >= 0:
-            wanted = min(size, wanted)
-        if wanted <= 0:
+            length = min(size, length)
+        if length <= 0:
             return b""
         if self._source is None:
             self._source = self._open_file()
-        data = self._source.read(wanted)
-        if len(data) < wanted:
+        data = _read_exactly(self._source, length)
+        if len(data) < length:
             raise SizeMismatchError(
-                f"{self._name} holds {self._position + len(data)} bytes, "
+                f"{self._name} contains {self._position + len(data)} bytes, "
                 f"but {self._size} were declared"
             )
         self._position += len(data)
@@ -76,7 +76,7 @@ class _StoredFile(io.RawIOBase):
             self.close_source()
             if extra:
                 raise SizeMismatchError(
-                    f"{self._name} holds more than the {self._size} bytes declared"
+                    f"{self._name} contains more than the {self._size} bytes declared"
                 )
         return data
 
@@ -89,6 +89,17 @@ class _StoredFile(io.RawIOBase):
         if self._source is not None:
             source, self._source = self._source, None
             source.close()
+
+
+def _read_exactly(source: BinaryIO, length: int) -> bytes:
+    """Read length bytes, or fewer only at the end of the file."""
+    data = source.read(length)
+    while len(data) < length:
+        more = source.read(length - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 class _SpoolWindow(io.RawIOBase):
@@ -116,13 +127,13 @@ class _SpoolWindow(io.RawIOBase):
         return self._position
 
     def read(self, size: int | None = -1) -> bytes:
-        wanted = self._size - self._position
+        length = self._size - self._position
         if size is not None and size >= 0:
-            wanted = min(size, wanted)
-        if wanted <= 0:
+            length = min(size, length)
+        if length <= 0:
             return b""
         self._spool.seek(self._offset + self._position)
-        data = self._spool.read(wanted)
+        data = self._spool.read(length)
         self._position += len(data)
         return data
 
@@ -133,7 +144,7 @@ class _SpoolWindow(io.RawIOBase):
 
 
 class IsoPackageWriter:
-    """An ISO image being assembled; write_to() writes it out."""
+    """An ISO image being assembled, which write_to() writes out."""
 
     def __init__(self, spool_folder: Path) -> None:
         self._iso = pycdlib.PyCdlib()
@@ -178,7 +189,7 @@ class IsoPackageWriter:
     def add_file(self, name: str, size: int, open_file: Callable[[], BinaryIO]) -> None:
         """Add a stored file, which is read when the image is written.
 
-        Writing raises SizeMismatchError when the file holds more or fewer
+        Writing raises SizeMismatchError when the file contains more or fewer
         bytes than size.
         """
         stored = _StoredFile(name, size, open_file)
@@ -188,7 +199,7 @@ class IsoPackageWriter:
     def write_to(
         self, file: BinaryIO, progress: Callable[[int, int], None] | None = None
     ) -> None:
-        """Write the image; progress gets (bytes done, bytes in all)."""
+        """Write the image, passing (bytes done, bytes in all) to progress."""
         self._spool.flush()
 
         def report(done: int, total: int, opaque: object) -> None:

@@ -29,8 +29,8 @@ _CONTENT_SECURITY_POLICY: Final = (
     "img-src 'self' file:; base-uri 'none'; form-action 'none'"
 )
 _README_WIDTH: Final = 72
-# Characters that could break a line or reorder text where it is shown:
-# bidirectional embeddings, overrides and isolates.
+# Characters that reorder the text around them where it is shown:
+# bidirectional marks, embeddings, overrides and isolates.
 _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f") | frozenset(
     chr(code) for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
 )
@@ -40,10 +40,26 @@ _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f") | frozenset(
 class ViewerSeries:
     """One series as the viewer and the README list it."""
 
-    folder: str  # the 8-character folder name under DICOM/ and VIEWER/
+    number: int  # 1-based, in display order
     label: str  # untrusted text, escaped where it is written
     file_count: int
     frame_count: int
+
+    @property
+    def folder(self) -> str:
+        return series_folder(self.number)
+
+    @property
+    def name(self) -> str:
+        """The label without control characters, or a numbered name."""
+        return clean_text(self.label) or _("Series %(number)d") % {
+            "number": self.number
+        }
+
+
+def series_folder(number: int) -> str:
+    """Return the folder name of a series (1-based) under DICOM/ and VIEWER/."""
+    return f"S{number:07d}"
 
 
 def frame_path(folder: str, number: int) -> str:
@@ -61,8 +77,8 @@ def static_files() -> list[tuple[str, bytes]]:
 
 
 def clean_text(text: str) -> str:
-    """Replace control characters and bidirectional controls with spaces,
-    then collapse runs of white space."""
+    """Remove bidirectional controls, replace other control characters with
+    spaces, and collapse runs of white space (line breaks included)."""
     characters = (
         " " if character < " " or "\x7f" <= character < "\xa0" else character
         for character in text
@@ -83,7 +99,7 @@ def index_file(
     has_report: bool,
 ) -> bytes:
     """Return INDEX.HTM, encoded as UTF-8."""
-    shown = [item for item in series if item.frame_count > 0]
+    with_frames = [item for item in series if item.frame_count > 0]
     page_title = _escape(title) or escape(_("Exam images"))
     report = ""
     if has_report:
@@ -97,7 +113,7 @@ def index_file(
             f'<p class="patient">{escape(_("Patient:"))} '
             f"<strong>{_escape(patient_name)}</strong></p>"
         )
-    body = _viewer_html(shown) if shown else _no_images_html()
+    body = _viewer_html(with_frames) if with_frames else _no_images_html()
     page = f"""<!DOCTYPE html>
 <html lang="{escape(get_language() or "en")}">
 <head>
@@ -163,7 +179,7 @@ def _viewer_html(series: Sequence[ViewerSeries]) -> str:
     alt_template = _("%(series)s, image %(number)s of %(count)s")
     first_values = {"number": 1, "count": first.frame_count}
     position = position_template % first_values
-    alt = alt_template % {**first_values, "series": clean_text(first.label)}
+    alt = alt_template % {**first_values, "series": first.name}
     placeholders = {"number": "{number}", "count": "{count}", "series": "{series}"}
     help_text = _(
         "Move through the images with the buttons, the slider, the arrow keys, "
@@ -184,9 +200,9 @@ def _viewer_html(series: Sequence[ViewerSeries]) -> str:
 <section class="viewer" id="viewer" aria-labelledby="series-title" \
 data-position-text="{escape(position_template % placeholders)}" \
 data-alt-text="{escape(alt_template % placeholders)}">
-<h2 id="series-title">{_escape(first.label)}</h2>
+<h2 id="series-title">{escape(first.name)}</h2>
 <div class="frame-area" id="frame-area" role="group" aria-labelledby="series-title" \
-tabindex="0">
+aria-describedby="viewer-help">
 <img id="frame-image" src="{frame_path(first.folder, 1)}" alt="{escape(alt)}">
 </div>
 <p class="frame-position" id="frame-position" aria-live="polite">{escape(position)}</p>
@@ -213,7 +229,7 @@ def _series_link(series: ViewerSeries, current: bool) -> str:
         f'<li><a href="{frame_path(series.folder, 1)}" '
         f'data-folder="{VIEWER_FOLDER}/{series.folder}" '
         f'data-frames="{series.frame_count}"{current_attribute}>'
-        f'<span class="series-label">{_escape(series.label)}</span> '
+        f'<span class="series-label">{escape(series.name)}</span> '
         f'<span class="series-count">{escape(count)}</span></a></li>'
     )
 
@@ -280,16 +296,16 @@ def readme_file(
         lines += _wrap(description, first_prefix=f"{name:<12} ", prefix=" " * 13)
 
     lines += ["", _("SERIES"), ""]
-    for index, item in enumerate(series, start=1):
+    for item in series:
         files_text = ngettext(
             "%(count)d DICOM file", "%(count)d DICOM files", item.file_count
         ) % {"count": item.file_count}
         text = _("%(label)s: %(files)s in %(folder)s") % {
-            "label": _plain(item.label) or _("Series %(number)d") % {"number": index},
+            "label": _plain(item.name),
             "files": files_text,
             "folder": f"DICOM/{item.folder}",
         }
-        lines += _wrap(text, first_prefix=f"{index:>3}. ", prefix=" " * 5)
+        lines += _wrap(text, first_prefix=f"{item.number:>3}. ", prefix=" " * 5)
 
     text = "\r\n".join(lines) + "\r\n"
     return ("\ufeff" + text).encode("utf-8")
@@ -298,8 +314,8 @@ def readme_file(
 def _plain(text: str) -> str:
     """Return untrusted text for README.TXT.
 
-    Angle brackets become single guillemets, so that a program that guesses
-    a file's type from its content never takes README.TXT for HTML.
+    Angle brackets become single guillemets, so that README.TXT contains no
+    markup for a program that guesses a file's type from its content.
     """
     return clean_text(text).replace("<", "\u2039").replace(">", "\u203a")
 

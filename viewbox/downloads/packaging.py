@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from viewbox.downloads.offline_viewer import (
     frame_path,
     index_file,
     readme_file,
+    series_folder,
     static_files,
 )
 from viewbox.downloads.zip_writer import (
@@ -74,16 +76,16 @@ class PackageImage:
 
     open_file: Callable[[], BinaryIO]  # opens the stored Part 10 file
     size: int  # bytes
-    series_key: int  # groups images into series; any id
-    series_label: str  # e.g. "CT · Head axial"; untrusted text
+    series_key: int  # any id; images with the same key form a series
+    series_label: str  # e.g. "CT · Head axial", untrusted text
     instance_number: int | None
-    # Frames shown by the offline viewer; 0 for instances without pixels.
+    # Frames for the offline viewer, 0 for instances without pixel data.
     number_of_frames: int
 
 
 @dataclass(frozen=True)
 class PackageInfo:
-    """Texts shown by INDEX.HTM and README.TXT; all untrusted."""
+    """Texts for INDEX.HTM and README.TXT, all untrusted."""
 
     title: str  # the exam's description
     subtitle: str  # e.g. "December 1, 2026 · Towson Imaging Center"
@@ -92,6 +94,8 @@ class PackageInfo:
 
 @dataclass(frozen=True)
 class PackageResult:
+    """The package file written by build_package."""
+
     path: Path
     size: int  # bytes
     instance_count: int
@@ -170,9 +174,10 @@ def build_package(
     most about 100 times.
 
     Raises PackageError when a file is not DICOM, does not match its size,
-    or the written package does not hold every image, and PackageSpaceError
-    when the disk fills up. Other errors from open_file or render_frame
-    pass through. In every case target is left unchanged, and the
+    or the written package does not hold every image, PackageSpaceError
+    when the disk fills up, and ValueError for an unknown fmt. Other errors
+    of open_file and render_frame pass through, as does an OSError of the
+    target's folder. On every error target is left unchanged, and the
     temporary file is removed.
     """
     if fmt not in ("zip", "iso"):
@@ -207,7 +212,7 @@ def build_package(
             temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno in _NO_SPACE:
             raise PackageSpaceError(
-                f"The disk is full: the {fmt} package could not be written "
+                f"No space is left: the {fmt} package could not be written "
                 f"in {target.parent} ({os.strerror(error.errno)})"
             ) from error
         raise
@@ -241,7 +246,7 @@ def _plan_layout(images: Sequence[PackageImage]) -> _Plan:
     files: list[_PlannedFile] = []
     series: list[ViewerSeries] = []
     for series_number, members in enumerate(groups.values(), start=1):
-        folder = f"S{series_number:07d}"
+        folder = series_folder(series_number)
         next_frame = 1
         for position, image in enumerate(members, start=1):
             path = f"DICOM/{folder}/I{position:07d}"
@@ -250,9 +255,8 @@ def _plan_layout(images: Sequence[PackageImage]) -> _Plan:
         frame_count = next_frame - 1
         if max(len(members), frame_count) > _MAX_NUMBER:
             raise PackageError(f"Series {folder} has too many files or frames")
-        series.append(
-            ViewerSeries(folder, members[0].series_label, len(members), frame_count)
-        )
+        label = members[0].series_label
+        series.append(ViewerSeries(series_number, label, len(members), frame_count))
     return _Plan(files, series, sum(item.frame_count for item in series))
 
 
@@ -327,19 +331,21 @@ def _write_iso(
     file: BinaryIO, spool_folder: Path, contents: _Contents, tracker: _Progress
 ) -> None:
     with IsoPackageWriter(spool_folder) as writer:
-        # The files are only listed here, and pycdlib copies them in
-        # write_to(), so the copy steps are counted there.
-        _add_contents(writer, contents, tracker, after_file=lambda: None)
-        start, steps = tracker.done, len(contents.plan.files)
-
-        def on_bytes(done: int, total: int) -> None:
-            tracker.reach(start + steps * done // max(total, 1))
-
         try:
+            # The files are only listed here, and pycdlib copies them in
+            # write_to(), so the copy steps are counted there.
+            _add_contents(writer, contents, tracker, after_file=lambda: None)
+            start, steps = tracker.done, len(contents.plan.files)
+
+            def on_bytes(done: int, total: int) -> None:
+                tracker.reach(start + steps * done // max(total, 1))
+
             writer.write_to(file, on_bytes)
         except SizeMismatchError as error:
             raise PackageError(f"A stored file changed size: {error}") from error
         except PyCdlibException as error:
+            # For example a file of 4 GiB or more, which ISO 9660 level 1
+            # cannot hold.
             raise PackageError(f"pycdlib could not write the image: {error}") from error
 
 
@@ -348,7 +354,7 @@ def _check_package(
 ) -> None:
     """Read the written package back and compare it with the plan.
 
-    Raises PackageError unless the DICOM/ folder holds exactly the planned
+    Raises PackageError unless the DICOM/ folder contains exactly the planned
     files with their sizes, the DICOMDIR's offsets reach one record for each
     of them, and the viewer, the texts and the report are present as
     planned.
@@ -358,7 +364,7 @@ def _check_package(
             read_zip_listing(path) if fmt == "zip" else read_iso_listing(path)
         )
         referenced = ["/".join(file_id) for file_id in referenced_file_ids(dicomdir)]
-    except DicomdirError as error:
+    except (DicomdirError, PyCdlibException, zipfile.BadZipFile) as error:
         raise PackageError(f"The written package is invalid: {error}") from error
 
     expected = {planned.path: planned.image.size for planned in plan.files}
@@ -367,7 +373,7 @@ def _check_package(
     }
     if len(dicom_files) != len(expected) or len(referenced) != len(expected):
         raise PackageError(
-            f"The written package holds {len(dicom_files)} DICOM files and "
+            f"The written package contains {len(dicom_files)} DICOM files and "
             f"{len(referenced)} DICOMDIR records, but {len(expected)} instances "
             "were requested"
         )
@@ -385,7 +391,7 @@ def _check_package(
     frames = [name for name in listing if name.startswith(f"{VIEWER_FOLDER}/S")]
     if len(frames) != plan.frame_count:
         raise PackageError(
-            f"The written package holds {len(frames)} viewer frames, but "
+            f"The written package contains {len(frames)} viewer frames, but "
             f"{plan.frame_count} were rendered"
         )
     required = {*_TEXT_FILES, *(name for name, _ in static_files())}
@@ -395,11 +401,13 @@ def _check_package(
     if missing:
         raise PackageError(f"The written package lacks {', '.join(missing)}")
     if not has_report and _REPORT in listing:
-        raise PackageError(f"The written package holds a {_REPORT} not requested")
+        raise PackageError(
+            f"The written package contains a {_REPORT} that was not requested"
+        )
 
 
 def _sync_folder(folder: Path) -> None:
-    """Make the rename durable: fsync the folder that holds the entry."""
+    """Make the rename durable: fsync the folder that contains the entry."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)

@@ -63,7 +63,7 @@ class ZipPackageWriter:
     def add_file(self, name: str, size: int, open_file: Callable[[], BinaryIO]) -> None:
         """Copy a file into a member in chunks, checking its declared size.
 
-        Raises SizeMismatchError when the file holds more or fewer bytes
+        Raises SizeMismatchError when the file contains more or fewer bytes
         than size.
         """
         copied = 0
@@ -76,7 +76,7 @@ class ZipPackageWriter:
                     member.write(chunk)
         if copied != size:
             raise SizeMismatchError(
-                f"{name} holds {'more than ' if copied > size else ''}{copied} "
+                f"{name} contains {'more than ' if copied > size else ''}{copied} "
                 f"bytes, but {size} were declared"
             )
 

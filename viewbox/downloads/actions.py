@@ -40,7 +40,9 @@ def request_package(
     if package is None:
         try:
             with transaction.atomic():
-                package = Package.objects.create(exam=exam, format=fmt)
+                package = Package.objects.create(
+                    exam=exam, format=fmt, language=language
+                )
                 # The notice is stored before the task can start, so that
                 # a quick build still finds it.
                 if email:

@@ -41,6 +41,9 @@ class Package(models.Model):
     instance_count = models.PositiveIntegerField(null=True, blank=True)
     # Why it failed, as a code the page turns into words: "space" or "error".
     failure = models.CharField(max_length=16, blank=True)
+    # The language of the request that started it, for README.TXT and the
+    # offline viewer.
+    language = models.CharField(max_length=8, default="en")
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # Updated while a worker prepares the package; a stale one means the

@@ -1,3 +1,5 @@
+import functools
+import io
 import logging
 from datetime import timedelta
 from functools import partial
@@ -8,7 +10,8 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db.models import F
 from django.tasks import task
-from django.utils import formats, timezone
+from django.utils import formats, timezone, translation
+from PIL import Image
 
 from viewbox.access.scope import instances_for
 from viewbox.downloads import notices
@@ -54,7 +57,8 @@ def prepare_package(package_id: int) -> None:
         pk=package_id
     )
     try:
-        _build(package)
+        with translation.override(package.language):
+            _build(package)
     except PackageSpaceError as error:
         logger.error("Package %d failed, the disk is full: %s", package.pk, error)
         _fail(package, "space")
@@ -83,7 +87,16 @@ def _build(package: Package) -> None:
     )
 
     def render_frame(image: PackageImage, frame: int) -> bytes:
-        return preview_jpeg(by_image[id(image)], frame=frame, edge=VIEWER_EDGE)
+        instance = by_image[id(image)]
+        try:
+            return preview_jpeg(instance, frame=frame, edge=VIEWER_EDGE)
+        except RenderError as error:
+            # One frame the viewer cannot show must not cost the patient the
+            # DICOM files, which another viewer may read.
+            logger.warning(
+                "Instance %d frame %d in a package: %s", instance.pk, frame, error
+            )
+            return _placeholder_jpeg()
 
     def progress(done: int, total: int) -> None:
         Package.objects.filter(pk=package.pk, status=Package.Status.PREPARING).update(
@@ -120,6 +133,14 @@ def _build(package: Package) -> None:
         return
     logger.info("Package %d ready: %d instances", package.pk, result.instance_count)
     notices.send_ready_notices(package)
+
+
+@functools.cache
+def _placeholder_jpeg() -> bytes:
+    """Return a plain dark gray square shown where a frame cannot be rendered."""
+    buffer = io.BytesIO()
+    Image.new("L", (256, 256), 64).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def _open_stored(name: str) -> BinaryIO:

@@ -17,7 +17,7 @@ class DownloadForm(forms.Form):
     )
     acknowledge_phi = forms.BooleanField(
         label=PHI_ACKNOWLEDGEMENT,
-        error_messages={"required": _("Tick the box to confirm that you understand.")},
+        error_messages={"required": _("Check the box to confirm that you understand.")},
     )
     email = forms.EmailField(
         label=_("Email me when it is ready (optional)"),

@@ -101,16 +101,20 @@ def index_file(
     """Return INDEX.HTM, encoded as UTF-8."""
     with_frames = [item for item in series if item.frame_count > 0]
     page_title = _escape(title) or escape(_("Exam images"))
+    # xgettext does not see _() inside f-strings, so texts are read first.
+    report_label = _("Open the report (PDF)")
+    patient_label = _("Patient:")
+    skip_label = _("Skip to the images")
     report = ""
     if has_report:
         report = (
             '<p><a class="report-link" href="REPORT.PDF">'
-            f"{escape(_('Open the report (PDF)'))}</a></p>"
+            f"{escape(report_label)}</a></p>"
         )
     patient = ""
     if clean_text(patient_name):
         patient = (
-            f'<p class="patient">{escape(_("Patient:"))} '
+            f'<p class="patient">{escape(patient_label)} '
             f"<strong>{_escape(patient_name)}</strong></p>"
         )
     body = _viewer_html(with_frames) if with_frames else _no_images_html()
@@ -126,7 +130,7 @@ def index_file(
 <script src="{VIEWER_FOLDER}/VIEWER.JS" defer></script>
 </head>
 <body>
-<a class="skip-link" href="#viewer">{escape(_("Skip to the images"))}</a>
+<a class="skip-link" href="#viewer">{escape(skip_label)}</a>
 <header class="package-header">
 {patient}
 <h1>{page_title}</h1>
@@ -191,8 +195,13 @@ def _viewer_html(series: Sequence[ViewerSeries]) -> str:
     no_script = _(
         "JavaScript is off, so only the first image of each series can be shown."
     )
+    # xgettext does not see _() inside f-strings, so texts are read first.
+    series_label = _("Series")
+    previous_label = _("Previous image")
+    next_label = _("Next image")
+    image_label = _("Image")
     return f"""<nav class="series" aria-labelledby="series-heading">
-<h2 id="series-heading">{escape(_("Series"))}</h2>
+<h2 id="series-heading">{escape(series_label)}</h2>
 <ol class="series-list">
 {links}
 </ol>
@@ -208,10 +217,10 @@ aria-describedby="viewer-help">
 <p class="frame-position" id="frame-position" aria-live="polite">{escape(position)}</p>
 <p class="frame-failure" id="frame-failure" role="alert" hidden>{escape(failure)}</p>
 <div class="frame-controls" id="frame-controls" hidden>
-<button type="button" id="previous-frame">{escape(_("Previous image"))}</button>
-<button type="button" id="next-frame">{escape(_("Next image"))}</button>
+<button type="button" id="previous-frame">{escape(previous_label)}</button>
+<button type="button" id="next-frame">{escape(next_label)}</button>
 <div class="frame-slider">
-<label for="frame-slider">{escape(_("Image"))}</label>
+<label for="frame-slider">{escape(image_label)}</label>
 <input type="range" id="frame-slider" min="1" max="{first.frame_count}" value="1">
 </div>
 <p class="hint" id="viewer-help">{escape(help_text)}</p>

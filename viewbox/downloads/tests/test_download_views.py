@@ -88,7 +88,7 @@ class TestRefusedDownloads:
         response = client.post(request_url(exam), {"format": "zip"})
         assert response.status_code == 400
         assert (
-            "Tick the box to confirm that you understand." in response.content.decode()
+            "Check the box to confirm that you understand." in response.content.decode()
         )
         assert not Package.objects.exists()
 

@@ -62,15 +62,30 @@ def separate_database_url(data_dir: Path, suffix: str = "browser") -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def drop_separate_database(url: str) -> None:
+    """Drop a PostgreSQL database made by ``separate_database_url``."""
+    if not url.startswith(("postgres://", "postgresql://")):
+        return
+    import psycopg
+
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(
+            f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)'
+        )
+
+
 @pytest.fixture(scope="session")
 def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
     data_dir = tmp_path_factory.mktemp("browser-demo")
     mail = MailCatcher()
     mail.start()
+    database_url = separate_database_url(data_dir)
     env = {
         **os.environ,
         "VIEWBOX_DATA_DIR": str(data_dir),
-        "VIEWBOX_DATABASE_URL": separate_database_url(data_dir),
+        "VIEWBOX_DATABASE_URL": database_url,
         "VIEWBOX_EMAIL_PORT": str(mail.port),
     }
     manage = [sys.executable, str(REPO / "manage.py")]
@@ -94,6 +109,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
             f"127.0.0.1:{port}",
             "--workers",
             "2",
+            "--no-control-socket",
         ],
         env=env,
         cwd=REPO,
@@ -113,6 +129,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
         server.terminate()
         server.wait(timeout=10)
         mail.stop()
+        drop_separate_database(database_url)
 
 
 def demo_code(codes: str, given_name: str, location: str = "") -> tuple[str, str]:

@@ -231,6 +231,7 @@ SIGN_UP_THROTTLE = {
 # Emails that anyone can trigger: sign-up codes per client, and password
 # reset links per client and per User ID or address asked for.
 CODE_MAIL_THROTTLE = {"code-mail-client": {"limit": 10, "window_minutes": 60}}
+NOTICE_MAIL_THROTTLE = {"notice-client": {"limit": 10, "window_minutes": 60}}
 RESET_MAIL_THROTTLE = {
     "reset-client": {"limit": 10, "window_minutes": 60},
     "reset-account": {"limit": 3, "window_minutes": 60},

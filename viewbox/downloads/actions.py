@@ -4,13 +4,16 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
-from viewbox.access.scope import Requester
+from viewbox.access import throttle
+from viewbox.access.scope import Requester, instances_for
 from viewbox.audit.actions import record_event
 from viewbox.downloads import notices
 from viewbox.downloads.models import Package, PackageNotice
 from viewbox.records.models import Exam
+from viewbox.records.release import report_state
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ def request_package(
     two requests: the loser's insert fails and it takes the winner's row.
     """
     notice = {"email": email, "portal_url": portal_url, "language": language}
+    if email and not _may_email(requester):
+        notice["email"] = ""
     package = _live_package(exam, fmt)
     if package is None:
         try:
@@ -53,6 +58,15 @@ def request_package(
             if package is None:
                 raise
             _add_notice(package, notice)
+    elif package.status == Package.Status.READY and package.content_key != content_key(
+        exam
+    ):
+        # A corrected report or new images since it was built: the old file
+        # must not go out again.
+        expire_package(package)
+        return request_package(
+            requester, exam, fmt, email=email, portal_url=portal_url, language=language
+        )
     else:
         retry_if_stalled(package)
         _add_notice(package, notice)
@@ -68,6 +82,14 @@ def request_package(
     return package
 
 
+def content_key(exam: Exam) -> str:
+    """Return what a package of the exam would hold now, as a short key."""
+    released = report_state(exam).released
+    report_id = released.pk if released else 0
+    instances = instances_for(exam).aggregate(count=Count("pk"), last=Max("pk"))
+    return f"{report_id}:{instances['count']}:{instances['last'] or 0}"
+
+
 def _add_notice(package: Package, notice: dict[str, str]) -> None:
     if not notice["email"]:
         return
@@ -76,6 +98,20 @@ def _add_notice(package: Package, notice: dict[str, str]) -> None:
     package.refresh_from_db(fields=["status"])
     if package.status == Package.Status.READY:
         notices.send_ready_notices(package)
+
+
+def _may_email(requester: Requester) -> bool:
+    """Count a notice address against the client; past the limit, send none.
+
+    Anyone signed in can give any address, so the portal must not become a
+    way to flood someone's mailbox.
+    """
+    keys = {"notice-client": throttle.bucket_key(requester.client_address or "")}
+    if throttle.locked_buckets(settings.NOTICE_MAIL_THROTTLE, keys):
+        logger.warning("Download notice address refused: limit reached")
+        return False
+    throttle.record_failure(settings.NOTICE_MAIL_THROTTLE, keys)
+    return True
 
 
 def _live_package(exam: Exam, fmt: str) -> Package | None:

@@ -21,8 +21,18 @@ class DownloadForm(forms.Form):
     )
     email = forms.EmailField(
         label=_("Email me when it is ready (optional)"),
+        max_length=254,
         required=False,
         help_text=_("The email holds only a link to the portal, never your images."),
         error_messages={"invalid": _("Enter an email address like name@example.com.")},
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
+
+    def clean_acknowledge_phi(self) -> bool:
+        # A checkbox posts "on"; Django would also take values such as "0"
+        # as ticked, and this acknowledgement must be given in earnest.
+        if self.data.get("acknowledge_phi") != "on":
+            raise forms.ValidationError(
+                self.fields["acknowledge_phi"].error_messages["required"]
+            )
+        return True

@@ -44,6 +44,9 @@ class Package(models.Model):
     # The language of the request that started it, for README.TXT and the
     # offline viewer.
     language = models.CharField(max_length=8, default="en")
+    # What the package was built from (released report version and stored
+    # images), so that a request after a change gets a new package.
+    content_key = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # Updated while a worker prepares the package; a stale one means the

@@ -105,7 +105,11 @@ def index_file(
     report_label = _("Open the report (PDF)")
     patient_label = _("Patient:")
     skip_label = _("Skip to the images")
-    report = ""
+    no_report_label = _(
+        "The report is not included: it was not available when this file was "
+        "prepared. Look for it on the Patient Portal."
+    )
+    report = f'<p class="no-report">{escape(no_report_label)}</p>'
     if has_report:
         report = (
             '<p><a class="report-link" href="REPORT.PDF">'
@@ -289,6 +293,12 @@ def readme_file(
     entries = [("INDEX.HTM", _("The viewer: the series, their images and the report."))]
     if has_report:
         entries.append(("REPORT.PDF", _("The radiologist's report.")))
+    else:
+        missing = _(
+            "The report is not included: it was not available when this "
+            "file was prepared. Look for it on the Patient Portal."
+        )
+        lines += [*_wrap(missing), ""]
     entries += [
         (
             "DICOM",

@@ -14,7 +14,7 @@ from django.utils import formats, timezone, translation
 from PIL import Image
 
 from viewbox.access.scope import instances_for
-from viewbox.downloads import notices
+from viewbox.downloads import actions, notices
 from viewbox.downloads.models import Package
 from viewbox.downloads.packaging import (
     PackageError,
@@ -75,6 +75,7 @@ def _fail(package: Package, failure: str) -> None:
 
 def _build(package: Package) -> None:
     exam = package.exam
+    key = actions.content_key(exam)
     instances = [i for i in instances_for(exam)]
     images, by_image = _package_images(instances)
     state = report_state(exam)
@@ -121,6 +122,7 @@ def _build(package: Package) -> None:
     ).update(
         status=Package.Status.READY,
         progress=100,
+        content_key=key,
         file=name,
         size=result.size,
         instance_count=result.instance_count,

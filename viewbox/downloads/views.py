@@ -90,9 +90,19 @@ def package_file(
     actions.record_download(requester, package)
     # The file name says nothing about the patient or the exam.
     filename = f"exam-{package.public_id.hex[:8]}.{package.format}"
-    return FileResponse(
+    response = FileResponse(
         default_storage.open(package.file, "rb"), as_attachment=True, filename=filename
     )
+    # The status page watches for this cookie to confirm that the download
+    # started; it names the package by a short part of its random id.
+    response.set_cookie(
+        "viewbox_download",
+        package.public_id.hex[:8],
+        max_age=120,
+        samesite="Strict",
+        secure=settings.HTTPS,
+    )
+    return response
 
 
 def _expires_soon(package: Package) -> bool:

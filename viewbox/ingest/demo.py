@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pydicom
 from django.conf import settings
@@ -105,6 +106,12 @@ def write_demo_images(target: Path) -> int:
                 ds.InstanceNumber = instance_number
                 ds.SeriesDescription = series_item["description"]
                 ds.StudyDate = exam.visit.date_of_service.strftime("%Y%m%d")
+                # Every image of a study carries the same study time, as a
+                # modality writes it; some sample files lack one.
+                if exam.performed_at is not None:
+                    zone = ZoneInfo(exam.visit.location.state.time_zone)
+                    local = timezone.localtime(exam.performed_at, zone)
+                    ds.StudyTime = local.strftime("%H%M%S")
                 ds.StudyDescription = exam.description
                 name = f"{accession}-{series_number:02d}-{instance_number:03d}.dcm"
                 ds.save_as(target / name, enforce_file_format=True)

@@ -273,6 +273,36 @@ class TestDownloads:
         package.refresh_from_db()
         assert package.status == Package.Status.QUEUED
 
+    def test_corrected_report_gets_a_new_package(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        add_report(exam, "F", FINDINGS, datetime(2026, 11, 20, 18, tzinfo=UTC))
+        first = ask(client, exam)["Location"]
+        add_report(exam, "C", "IMPRESSION: Corrected.", datetime.now(UTC))
+        second = ask(client, exam)["Location"]
+        assert first != second
+        assert Package.objects.filter(status=Package.Status.EXPIRED).count() == 1
+        new = Package.objects.get(status=Package.Status.READY)
+        assert new.content_key.startswith(f"{exam.report_versions.last().pk}:")
+
+    def test_phi_tick_must_be_a_real_tick(self, signed_in) -> None:
+        client, exam, _ = signed_in
+        for value in ("0", "false", "", "yes"):
+            response = client.post(
+                request_url(exam), {"format": "zip", "acknowledge_phi": value}
+            )
+            assert response.status_code == 400, value
+        assert not Package.objects.exists()
+
+    def test_notice_emails_are_limited_per_client(
+        self, signed_in, mail_catcher
+    ) -> None:
+        client, exam, _ = signed_in
+        for _ in range(12):
+            ask(client, exam, email="someone@example.com")
+        mail_catcher.wait_for_count(10)
+        time.sleep(0.3)
+        assert len(mail_catcher.messages) == 10
+
     def test_download_is_audited(self, signed_in) -> None:
         from viewbox.audit.models import AuditEvent
 

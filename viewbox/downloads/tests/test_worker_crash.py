@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from viewbox.browser_fixtures import REPO, separate_database_url
+from viewbox.browser_fixtures import (
+    REPO,
+    drop_separate_database,
+    separate_database_url,
+)
 
 STALL_SECONDS = 2
 TIMEOUT_SECONDS = 180
@@ -95,6 +99,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     site.manage("migrate", "-v0")
     site.manage("load_demo")
     yield site
+    drop_separate_database(site.database_url)
 
 
 REQUEST_PACKAGE = """

@@ -65,15 +65,13 @@ class TestPatientWithICode:
 
         page.get_by_role("link", name="Images").click()
         page.locator(".tile__link").first.click()
+        # The slider works once the viewer's script has set it up.
+        page.locator(".image-viewer[data-ready='true']").wait_for()
         slider = page.get_by_label("Frame")
-        slider.fill("60")
-        # Until the new frame has loaded, the element still shows the old one.
-        page.wait_for_function(
-            "() => { const i = document.getElementById('frame-image'); "
-            "return i.currentSrc.includes('/60/') && i.complete && i.naturalWidth > 0 }"
-        )
-        source = page.locator("#frame-image").evaluate("node => node.currentSrc")
-        picture = Image.open(BytesIO(context.request.get(source).body()))
+        with page.expect_response(lambda response: "/60/" in response.url) as frame:
+            slider.fill("60")
+        assert frame.value.status == 200
+        picture = Image.open(BytesIO(frame.value.body()))
         assert picture.size == (640, 480)
         assert picture.mode == "RGB"
         context.close()

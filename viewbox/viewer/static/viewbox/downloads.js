@@ -31,10 +31,23 @@
     if (!box) {
       return;
     }
+    // The file response sets a short-lived cookie; once it is there, the
+    // browser has the file, and the confirmation shows.
     var link = document.getElementById("download-link");
     if (link) {
       link.addEventListener("click", function () {
-        document.getElementById("download-done").hidden = false;
+        var wanted = "viewbox_download=" + box.dataset.package;
+        var tries = 0;
+        var timer = setInterval(function () {
+          tries += 1;
+          if (document.cookie.split("; ").indexOf(wanted) !== -1) {
+            clearInterval(timer);
+            document.cookie = "viewbox_download=; max-age=0; path=/; samesite=strict";
+            document.getElementById("download-done").hidden = false;
+          } else if (tries > 240) {
+            clearInterval(timer);
+          }
+        }, 500);
       });
     }
     var status = box.dataset.status;

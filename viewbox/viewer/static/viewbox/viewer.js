@@ -29,5 +29,6 @@
     slider.addEventListener("input", function () {
       show(slider.value);
     });
+    viewer.dataset.ready = "true";
   });
 })();

@@ -108,7 +108,7 @@ def _may_email(requester: Requester) -> bool:
     """
     keys = {"notice-client": throttle.bucket_key(requester.client_address or "")}
     if throttle.locked_buckets(settings.NOTICE_MAIL_THROTTLE, keys):
-        logger.warning("Download notice address refused: limit reached")
+        logger.warning("Download notice address rejected: limit reached")
         return False
     throttle.record_failure(settings.NOTICE_MAIL_THROTTLE, keys)
     return True

@@ -151,8 +151,10 @@ def icode_sign_in(
         context["wait_minutes"] = access_actions.minutes_until_unlocked(
             request, form.cleaned_data["code"]
         )
-    status = 200 if problem is None else (429 if problem == "throttled" else 400)
-    if request.method == "POST" and not form.is_valid():
+    status = 200
+    if problem == "throttled":
+        status = 429
+    elif problem is not None or (request.method == "POST" and not form.is_valid()):
         status = 400
     return render(request, "viewer/icode_sign_in.html", context, status=status)
 
@@ -183,13 +185,13 @@ def _sign_out(request: HttpRequest) -> HttpResponse:
 @require_POST
 @patient_required
 def keep_alive(request: HttpRequest, requester: Requester) -> HttpResponse:
-    """Extend a session whose owner said they are still there."""
+    """Extend a session whose owner confirmed they are still there."""
     return HttpResponse(status=204)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """Explain a refused form in words a patient can act on."""
-    logger.warning("Form refused by the CSRF check: %s", reason)
+    logger.warning("Form rejected by the CSRF check: %s", reason)
     return render(request, "viewer/csrf_failure.html", status=403)
 
 

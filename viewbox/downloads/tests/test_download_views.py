@@ -312,3 +312,32 @@ class TestDownloads:
         client.get(reverse("downloads:file", args=[exam.public_id, package.public_id]))
         actions = set(AuditEvent.objects.values_list("action", flat=True))
         assert {"download.request", "download.file"} <= actions
+
+
+@pytest.mark.django_db(transaction=True)
+class TestAccountDownloads:
+    def test_account_session_downloads_too(self, maryland, tmp_path) -> None:
+        from django.contrib.auth import get_user_model
+
+        from viewbox.accounts.models import Account
+
+        barbara = make_patient(
+            maryland, "DEMO-2001", "Barbara", "Sample", date(1975, 9, 30)
+        )
+        exam = make_exam(barbara, maryland, "ACC1")
+        import_ct(exam, tmp_path)
+        user = get_user_model().objects.create_user(
+            "barbara.sample", password="a long passphrase"
+        )
+        Account.objects.create(user=user, patient=barbara)
+        client = Client()
+        client.post(
+            reverse("accounts:log_in", args=[maryland.group.slug, maryland.slug]),
+            {"user_id": "barbara.sample", "password": "a long passphrase"},
+        )
+        response = ask(client, exam)
+        assert response.status_code == 302
+        package = Package.objects.get()
+        assert package.status == Package.Status.READY
+        file_url = reverse("downloads:file", args=[exam.public_id, package.public_id])
+        assert client.get(file_url).status_code == 200

@@ -34,6 +34,8 @@ class DemoSite:
     base: str
     codes: str
     mail: MailCatcher
+    # The environment of the served demo, for commands run against it.
+    env: dict[str, str]
 
 
 def _free_port() -> int:
@@ -124,7 +126,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield DemoSite(base=base, codes=codes, mail=mail)
+        yield DemoSite(base=base, codes=codes, mail=mail, env=env)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -24,6 +24,7 @@ from viewbox.accounts.forms import (
     LogInForm,
 )
 from viewbox.accounts.mail_catcher import read_mailbox
+from viewbox.accounts.passwords import NewPasswordForm
 from viewbox.accounts.tasks import send_password_reset_emails
 from viewbox.audit.actions import record_event
 from viewbox.audit.models import AuditEvent
@@ -314,6 +315,7 @@ class ResetPasswordView(PasswordResetConfirmView):
     """Set a new password from the emailed link, valid one hour and once."""
 
     template_name = "accounts/reset_password.html"
+    form_class = NewPasswordForm
     post_reset_login = False
 
     def get_success_url(self) -> str:

@@ -5,14 +5,22 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 
+def _date_part(low: int, high: int, message: Any) -> forms.IntegerField:
+    """Return one of the month, day and year fields, with one plain message."""
+    errors = {"invalid": message, "min_value": message, "max_value": message}
+    return forms.IntegerField(min_value=low, max_value=high, error_messages=errors)
+
+
 class BirthDateField(forms.MultiValueField):
     """A date of birth typed as month, day and year, the way US forms ask."""
 
     def __init__(self, **kwargs: Any) -> None:
         fields = (
-            forms.IntegerField(min_value=1, max_value=12),
-            forms.IntegerField(min_value=1, max_value=31),
-            forms.IntegerField(min_value=1900, max_value=2100),
+            _date_part(1, 12, _("Enter the month as a number from 1 to 12.")),
+            _date_part(1, 31, _("Enter the day as a number from 1 to 31.")),
+            _date_part(
+                1900, 2100, _("Enter the year with 4 digits, for example 1980.")
+            ),
         )
         super().__init__(
             fields=fields,

@@ -176,6 +176,26 @@ class TestRefusedSignUp:
         )
         assert "The two passwords are not the same." in page
 
+    def test_password_like_the_user_id_is_refused(
+        self, client, maryland, barbara
+    ) -> None:
+        client.post(url("accounts:about_you", maryland), about_barbara())
+        client.post(url("accounts:verify", maryland), right_answers(client))
+        page = client.post(
+            url("accounts:credentials", maryland),
+            credentials(user_id="sunflower.garden", password="sunflower.garden1"),
+        ).content.decode()
+        assert (
+            "The password is too much like your name, User ID or email address." in page
+        )
+        assert "similar to the username" not in page
+
+    def test_month_out_of_range_is_named(self, client, maryland) -> None:
+        response = client.post(
+            url("accounts:about_you", maryland), about_barbara(birth_date_month="13")
+        )
+        assert "Enter the month as a number from 1 to 12." in response.content.decode()
+
     def test_taken_user_id_is_refused(self, client, maryland, barbara) -> None:
         get_user_model().objects.create_user("Barbara.Sample", password=PASSWORD)
         client.post(url("accounts:about_you", maryland), about_barbara())
@@ -533,6 +553,11 @@ class TestPasswordReset:
 
         form = client.get(link, follow=True)
         assert "Choose a new password" in form.content.decode()
+        mismatch = client.post(
+            form.redirect_chain[-1][0],
+            {"new_password1": "one long passphrase", "new_password2": "another one"},
+        )
+        assert "The two passwords are not the same." in mismatch.content.decode()
         new = "a brand new passphrase 42"
         done = client.post(
             form.redirect_chain[-1][0], {"new_password1": new, "new_password2": new}

@@ -236,6 +236,10 @@ RESET_MAIL_THROTTLE = {
     "reset-client": {"limit": 10, "window_minutes": 60},
     "reset-account": {"limit": 3, "window_minutes": 60},
 }
+STAFF_LOG_IN_THROTTLE = {
+    "staff-client": {"limit": 10, "window_minutes": 15},
+    "staff-user": {"limit": 5, "window_minutes": 15},
+}
 LOG_IN_THROTTLE = {
     "login-client": {"limit": 20, "window_minutes": 15},
     "login-user": {"limit": 5, "window_minutes": 15},

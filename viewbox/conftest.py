@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
+from viewbox.access.actions import issue_icode
 from viewbox.accounts.mail_catcher import MailCatcher
 from viewbox.browser_fixtures import browser, demo_site  # noqa: F401 (fixtures)
 from viewbox.directory.models import ImagingGroup, Location, State
@@ -42,46 +45,66 @@ def isolated_files(settings: Any, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def california(db: None) -> Location:
-    state = State.objects.create(
-        code="CA", name="California", time_zone="America/Los_Angeles"
+def make_location(
+    state: tuple[str, str, str], group: tuple[str, str, str], location: tuple[str, str]
+) -> Location:
+    """Create a location with its group and state.
+
+    ``state`` is (code, name, time zone), ``group`` (slug, name, RIS facility)
+    and ``location`` (city, RIS code); the location's slug comes from its city.
+    """
+    code, state_name, time_zone = state
+    group_slug, group_name, facility = group
+    city, ris_code = location
+    state_row, _ = State.objects.get_or_create(
+        code=code, defaults={"name": state_name, "time_zone": time_zone}
     )
-    group = ImagingGroup.objects.create(
-        state=state,
-        slug="radnet-los-angeles",
-        name="RadNet Los Angeles",
-        ris_facility="RLA",
+    group_row = ImagingGroup.objects.create(
+        state=state_row, slug=group_slug, name=group_name, ris_facility=facility
     )
     return Location.objects.create(
-        group=group,
-        state=state,
-        slug="santa-monica",
-        name="Santa Monica Imaging Center",
-        city="Santa Monica",
-        ris_code="RLA-SANTAM",
+        group=group_row,
+        state=state_row,
+        slug=city.lower().replace(" ", "-"),
+        name=f"{city} Imaging Center",
+        city=city,
+        ris_code=ris_code,
+    )
+
+
+@pytest.fixture
+def california(db: None) -> Location:
+    return make_location(
+        ("CA", "California", "America/Los_Angeles"),
+        ("radnet-los-angeles", "RadNet Los Angeles", "RLA"),
+        ("Santa Monica", "RLA-SANTAM"),
     )
 
 
 @pytest.fixture
 def maryland(db: None) -> Location:
-    state = State.objects.create(
-        code="MD", name="Maryland", time_zone="America/New_York"
+    return make_location(
+        ("MD", "Maryland", "America/New_York"),
+        ("advanced-radiology", "Advanced Radiology", "AR"),
+        ("Towson", "AR-TOWSON"),
     )
-    group = ImagingGroup.objects.create(
-        state=state,
-        slug="advanced-radiology",
-        name="Advanced Radiology",
-        ris_facility="AR",
+
+
+def sign_in_with_icode(client: Client, exam: Exam) -> None:
+    """Issue an I-Code for the exam's visit and sign the client in with it."""
+    _, code = issue_icode(exam.visit)
+    birth = exam.visit.patient.birth_date
+    location = exam.visit.location
+    response = client.post(
+        reverse("viewer:icode_sign_in", args=[location.group.slug, location.slug]),
+        {
+            "code": code,
+            "birth_date_month": birth.month,
+            "birth_date_day": birth.day,
+            "birth_date_year": birth.year,
+        },
     )
-    return Location.objects.create(
-        group=group,
-        state=state,
-        slug="towson",
-        name="Towson Imaging Center",
-        city="Towson",
-        ris_code="AR-TOWSON",
-    )
+    assert response.status_code == 302
 
 
 def make_patient(

@@ -13,8 +13,13 @@ from django.test import Client
 from django.urls import reverse
 from pydicom.uid import generate_uid
 
-from viewbox.access.actions import issue_icode
-from viewbox.conftest import add_report, make_exam, make_patient, package_path
+from viewbox.conftest import (
+    add_report,
+    make_exam,
+    make_patient,
+    package_path,
+    sign_in_with_icode,
+)
 from viewbox.downloads import maintenance
 from viewbox.downloads.models import Package, PackageNotice
 from viewbox.ingest.dicom_import import import_dicom_file
@@ -57,18 +62,8 @@ def signed_in(maryland, tmp_path):
     other = make_patient(maryland, "DEMO-9001", "Olive", "Other", date(1960, 1, 1))
     others_exam = make_exam(other, maryland, "ACC9")
     import_ct(others_exam, tmp_path)
-    _, code = issue_icode(exam.visit)
     client = Client()
-    response = client.post(
-        reverse("viewer:icode_sign_in", args=[maryland.group.slug, maryland.slug]),
-        {
-            "code": code,
-            "birth_date_month": 9,
-            "birth_date_day": 30,
-            "birth_date_year": 1975,
-        },
-    )
-    assert response.status_code == 302
+    sign_in_with_icode(client, exam)
     return client, exam, others_exam
 
 
@@ -98,7 +93,7 @@ class TestRefusedDownloads:
         assert ask(client, others_exam).status_code == 404
         assert not Package.objects.exists()
 
-    def test_other_patients_package_is_not_found_on_every_url(self, signed_in) -> None:
+    def test_other_patients_package_not_found(self, signed_in) -> None:
         client, exam, others_exam = signed_in
         package = Package.objects.create(exam=others_exam, format="zip")
         for name in ("downloads:status", "downloads:progress", "downloads:file"):

@@ -2,11 +2,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
-from django.test import Client
 from django.urls import reverse
 
-from viewbox.access.actions import issue_icode
-from viewbox.conftest import add_report, make_exam, make_patient
+from viewbox.conftest import add_report, make_exam, make_patient, sign_in_with_icode
 from viewbox.records.release import report_state
 
 SIGNED = datetime(2026, 12, 1, 18, 0, tzinfo=UTC)
@@ -101,28 +99,12 @@ class TestReleasedReport:
         )
 
 
-def sign_in(client: Client, exam) -> None:
-    _, code = issue_icode(exam.visit)
-    birth = exam.visit.patient.birth_date
-    location = exam.visit.location
-    response = client.post(
-        reverse("viewer:icode_sign_in", args=[location.group.slug, location.slug]),
-        {
-            "code": code,
-            "birth_date_month": birth.month,
-            "birth_date_day": birth.day,
-            "birth_date_year": birth.year,
-        },
-    )
-    assert response.status_code == 302
-
-
 @pytest.mark.django_db
 class TestReportTab:
     def test_held_report_tab_says_why_and_when(self, client, ca_exam) -> None:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
-            sign_in(client, ca_exam)
+            sign_in_with_icode(client, ca_exam)
             page = client.get(
                 reverse("viewer:exam_report", args=[ca_exam.public_id])
             ).content.decode()
@@ -135,7 +117,7 @@ class TestReportTab:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         client.cookies["django_language"] = "es"
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
-            sign_in(client, ca_exam)
+            sign_in_with_icode(client, ca_exam)
             url = reverse("viewer:exam_report", args=[ca_exam.public_id])
             page = client.get(url).content.decode()
         assert '<html lang="es">' in page
@@ -144,16 +126,16 @@ class TestReportTab:
     def test_held_report_print_view_is_not_found(self, client, ca_exam) -> None:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
-            sign_in(client, ca_exam)
+            sign_in_with_icode(client, ca_exam)
             response = client.get(
                 reverse("viewer:exam_report_print", args=[ca_exam.public_id])
             )
         assert response.status_code == 404
 
-    def test_held_report_is_not_in_any_page_of_the_exam(self, client, ca_exam) -> None:
+    def test_held_report_absent_from_exam_pages(self, client, ca_exam) -> None:
         add_report(ca_exam, "F", FINDINGS, SIGNED)
         with time_machine.travel(SIGNED + timedelta(hours=2), tick=False):
-            sign_in(client, ca_exam)
+            sign_in_with_icode(client, ca_exam)
             for name in ("exam_summary", "exam_report", "exam_images"):
                 page = client.get(
                     reverse(f"viewer:{name}", args=[ca_exam.public_id])
@@ -162,7 +144,7 @@ class TestReportTab:
 
     def test_preliminary_report_tab_says_not_signed(self, client, md_exam) -> None:
         add_report(md_exam, "P", "PRELIMINARY: under review", SIGNED)
-        sign_in(client, md_exam)
+        sign_in_with_icode(client, md_exam)
         page = client.get(
             reverse("viewer:exam_report", args=[md_exam.public_id])
         ).content.decode()
@@ -171,7 +153,7 @@ class TestReportTab:
 
     def test_released_report_is_shown_and_printable(self, client, md_exam) -> None:
         add_report(md_exam, "F", FINDINGS, SIGNED)
-        sign_in(client, md_exam)
+        sign_in_with_icode(client, md_exam)
         page = client.get(
             reverse("viewer:exam_report", args=[md_exam.public_id])
         ).content.decode()
@@ -185,7 +167,7 @@ class TestReportTab:
 
     def test_report_text_is_escaped(self, client, md_exam) -> None:
         add_report(md_exam, "F", "<script>alert(1)</script> & more", SIGNED)
-        sign_in(client, md_exam)
+        sign_in_with_icode(client, md_exam)
         for name in ("exam_report", "exam_report_print"):
             page = client.get(
                 reverse(f"viewer:{name}", args=[md_exam.public_id])

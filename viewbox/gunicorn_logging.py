@@ -1,7 +1,7 @@
 """gunicorn's access log without the secrets that some URLs carry.
 
-A password reset link holds a token that works for an hour; written to an
-access log it would let anyone who reads the log set the password.
+A password reset link contains a token that works for an hour. Written to
+an access log, it would let anyone who reads the log set the password.
 """
 
 import re

@@ -48,9 +48,9 @@ def _database_from_url(url: str) -> dict[str, object]:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": unquote(parts.path) or str(DATA_DIR / "db.sqlite3"),
-            # Web workers and the task worker write to one file; wait for the
-            # lock instead of failing at once, and take it when the
-            # transaction starts so two writers do not deadlock on upgrade.
+            # Web workers and the task worker write to one file. They wait for
+            # the lock instead of failing at once, and take it when the
+            # transaction starts, so that two writers cannot deadlock.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
             "TEST": {"NAME": os.environ.get("VIEWBOX_TEST_SQLITE_NAME")},
         }
@@ -183,9 +183,9 @@ SECURE_CSP = {
     "frame-ancestors": [CSP.NONE],
 }
 
-# Signed reports wait this many hours after signing and sending to the
-# referring physician before the patient sees them, by the US state of the
-# location that did the exam. States not listed release at once.
+# Hours that a signed report is held from the patient after signing and
+# sending to the referring physician, by the US state of the location that
+# did the exam. States not listed release reports at once.
 REPORT_HOLD_HOURS_BY_STATE = {"CA": 96, "TX": 96}
 
 # Passwords as current NIST guidance has them: at least 8 characters, any
@@ -269,8 +269,9 @@ RENDER_TILE_EDGE = 256
 RENDER_VIEW_EDGES = (512, 1024, 2048)
 RENDER_JPEG_QUALITY = 85
 
-# Behind a TLS-terminating proxy the proxy tells Django the scheme, and
-# names the client in X-Forwarded-For; both are trusted only when configured.
+# Behind a TLS-terminating proxy, the proxy passes the scheme in
+# X-Forwarded-Proto and the client in X-Forwarded-For. Both headers are
+# trusted only when these settings are on.
 HTTPS = os.environ.get("VIEWBOX_HTTPS") == "1"
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -97,7 +97,7 @@ def sign_in_with_icode(
 
     locked = throttle.locked_buckets(limits, keys)
     if locked:
-        logger.warning("I-Code sign-in refused: locked by %s", ", ".join(locked))
+        logger.warning("I-Code sign-in rejected: locked by %s", ", ".join(locked))
         record_event(
             "icode.sign_in_throttled",
             outcome=AuditEvent.Outcome.FAILURE,
@@ -150,7 +150,7 @@ def sign_out(request: HttpRequest) -> None:
     """End the session, whether an I-Code or an account opened it."""
     icode_id = request.session.get(SESSION_ICODE_ID)
     user_id = request.user.pk if request.user.is_authenticated else None
-    # flush() also forgets the logged-in user.
+    # flush() also ends the logged-in user's session.
     request.session.flush()
     if user_id is not None:
         record_event("sign_out", actor_kind="user", actor_id=user_id)

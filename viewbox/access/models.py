@@ -28,7 +28,7 @@ class ICode(models.Model):
 class ThrottleEvent(models.Model):
     """A failed attempt, counted against a bucket such as one client address.
 
-    Rows live in the database so that every web worker sees the same counts.
+    Rows live in the database so that every web worker counts the same rows.
     """
 
     bucket = models.CharField(max_length=16)

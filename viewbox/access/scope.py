@@ -30,7 +30,7 @@ SESSION_SIGNED_IN_AT = "viewbox_signed_in_at"
 
 @dataclass(frozen=True)
 class Requester:
-    """Who is asking, and which exams they may see."""
+    """The signed-in party behind a request, and the exams it may see."""
 
     kind: str
     actor_id: int
@@ -140,8 +140,10 @@ def _parse_public_id(value: str | uuid.UUID) -> uuid.UUID | None:
         return None
 
 
-def _refuse(requester: Requester, what: str) -> Http404:
-    logger.info("Refused %s lookup for %s %d", what, requester.kind, requester.actor_id)
+def _not_found(requester: Requester, kind: str) -> Http404:
+    logger.info(
+        "Rejected %s lookup for %s %d", kind, requester.kind, requester.actor_id
+    )
     return Http404("Not found")
 
 
@@ -149,7 +151,7 @@ def access_exam_by_public_id(requester: Requester, public_id: str | uuid.UUID) -
     parsed = _parse_public_id(public_id)
     exam = exams_for(requester).filter(public_id=parsed).first() if parsed else None
     if exam is None:
-        raise _refuse(requester, "exam")
+        raise _not_found(requester, "exam")
     return exam
 
 
@@ -179,7 +181,7 @@ def access_instance_by_public_id(
     parsed = _parse_public_id(public_id)
     instance = instances_for(exam).filter(public_id=parsed).first() if parsed else None
     if instance is None or not instance.has_pixels:
-        raise _refuse(requester, "image")
+        raise _not_found(requester, "image")
     return exam, instance
 
 
@@ -195,5 +197,5 @@ def access_package_by_public_id(
         Package.objects.filter(exam=exam, public_id=parsed).first() if parsed else None
     )
     if package is None or not images_visible(exam):
-        raise _refuse(requester, "package")
+        raise _not_found(requester, "package")
     return exam, package

@@ -43,7 +43,7 @@ def create_account(
             )
             account = Account.objects.create(user=user, patient=patient)
     except IntegrityError:
-        logger.info("Sign-up refused: patient %d already has an account", patient.pk)
+        logger.info("Sign-up rejected: patient %d already has an account", patient.pk)
         return None
     record_event(
         "account.create",

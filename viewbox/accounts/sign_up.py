@@ -1,6 +1,6 @@
 """The state of one sign-up, kept in the server-side session between steps.
 
-A sign-up moves through four steps; each step's view checks that the ones
+A sign-up moves through four steps. Each step's view checks that the steps
 before it were passed in this session, so a browser cannot skip ahead by
 typing a later step's address.
 """
@@ -52,7 +52,7 @@ def clear(request: HttpRequest) -> None:
 
 
 def about_initial(state: SignUpState) -> dict[str, Any]:
-    """Return the step 1 answers in the shape the form takes as initial data."""
+    """Return the step 1 details in the shape the form takes as initial data."""
     initial = dict(state.about)
     if "birth_date" in initial:
         initial["birth_date"] = date.fromisoformat(initial["birth_date"])
@@ -60,7 +60,7 @@ def about_initial(state: SignUpState) -> dict[str, Any]:
 
 
 def about_you(state: SignUpState) -> AboutYou:
-    """Return the step 1 answers as the identity checks take them."""
+    """Return the step 1 details as the identity checks take them."""
     about = dict(state.about)
     about["birth_date"] = date.fromisoformat(about["birth_date"])
     return AboutYou(**about)

@@ -117,7 +117,7 @@ def verify(request: HttpRequest, group_slug: str, location_slug: str) -> HttpRes
             _context(location, locked=True),
             status=429,
         )
-    # A wrong answer, no matching record and a record that already has an
+    # A wrong choice, no matching record and a record that already has an
     # account all end here, the same way.
     has_account = patient is not None and hasattr(patient, "account")
     if has_account or not identity.check_answers(questions, form.cleaned_data):
@@ -274,9 +274,11 @@ def log_in(request: HttpRequest, group_slug: str, location_slug: str) -> HttpRes
             request.session[SESSION_GROUP_SLUG] = location.group.slug
             return redirect("viewer:exam_list")
         problem = result.value
-    status = (
-        200 if request.method == "GET" else (429 if problem == "throttled" else 400)
-    )
+    status = 200
+    if problem == "throttled":
+        status = 429
+    elif request.method == "POST":
+        status = 400
     context = _context(location, form=form, problem=problem)
     return render(request, "accounts/log_in.html", context, status=status)
 
@@ -293,11 +295,11 @@ def forgot_password(
             "reset-client": throttle.bucket_key(client_address(request) or ""),
             "reset-account": throttle.bucket_key("reset:" + identifier.strip().lower()),
         }
-        # Past the limit nothing is sent, but the answer is the same, so
+        # Past the limit nothing is sent, but the response is the same, so
         # that it tells nothing about accounts or limits.
         if not throttle.locked_buckets(settings.RESET_MAIL_THROTTLE, keys):
             throttle.record_failure(settings.RESET_MAIL_THROTTLE, keys)
-            # The emails go out from the worker, so this answer takes the
+            # The emails go out from the worker, so this response takes the
             # same time whether or not an account matches.
             send_password_reset_emails.enqueue(
                 identifier,

@@ -2,7 +2,7 @@ from django.db import models
 
 
 class AuditEvent(models.Model):
-    """Who did what to which patient's records, and whether it was allowed.
+    """One action on a patient's records: the actor, the record and the outcome.
 
     Entries hold internal ids only: never names, codes, passwords or text.
     """

@@ -32,7 +32,7 @@ _PIXEL_DATA = 0x7FE00010
 
 
 class UnusableDicomError(Exception):
-    """The file cannot be stored; the message says why, without patient data."""
+    """The file cannot be stored. The message gives the reason, without patient data."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _check_pixel_data(ds: FileDataset) -> None:
     samples = _integer(ds, "SamplesPerPixel") or 1
     frames = _integer(ds, "NumberOfFrames") or 1
     expected = (rows * columns * samples * frames * bits + 7) // 8
-    # A deferred element is still raw and knows its length without reading.
+    # A deferred element is still raw and carries its length without a read.
     item = ds.get_item(_PIXEL_DATA)
     length = getattr(item, "length", None)
     if length is None:

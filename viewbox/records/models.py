@@ -7,7 +7,7 @@ from viewbox.directory.models import ImagingGroup, Location
 
 
 class Patient(models.Model):
-    """A person as the RIS of one imaging group knows them (HL7 PID)."""
+    """A person as recorded by the RIS of one imaging group (HL7 PID)."""
 
     group = models.ForeignKey(
         ImagingGroup, on_delete=models.PROTECT, related_name="patients"

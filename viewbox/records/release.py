@@ -21,13 +21,13 @@ SIGNED_STATUSES = (ReportVersion.Status.FINAL, ReportVersion.Status.CORRECTED)
 
 @dataclass(frozen=True)
 class ReportState:
-    """What the Report tab may show, and why not when it shows nothing."""
+    """The report versions the Report tab may show, and the reason when none."""
 
     released: ReportVersion | None
     # The newest signed version still on hold, with its release time.
     held: ReportVersion | None
     held_until: datetime | None
-    # True when a report exists that nobody has signed yet.
+    # True when every report version received so far is preliminary.
     awaiting_signature: bool
     hold_hours: int
 

@@ -26,8 +26,8 @@ class FetchMetadataCsrfMiddleware(CsrfViewMiddleware):
 
     Under that policy browsers send ``Origin: null`` and no Referer with a
     form post, which fails Django's origin and Referer checks. Browsers also
-    send ``Sec-Fetch-Site``, a header no page script can set; when it says
-    the post came from our own origin, that check passes. The CSRF token is
+    send ``Sec-Fetch-Site``, a header no page script can set. When its value
+    is "same-origin", the origin check passes. The CSRF token is
     checked in every case.
     """
 

@@ -234,7 +234,7 @@ class TestThrottling:
         for guess in guesses:
             post_code(client, california, guess)
         assert "I-Code sign-in limit reached for bucket icode-client" in caplog.text
-        assert "I-Code sign-in refused: locked by icode-client" in caplog.text
+        assert "I-Code sign-in rejected: locked by icode-client" in caplog.text
         for guess in guesses:
             assert guess not in caplog.text
             assert guess.replace("-", "") not in caplog.text

@@ -38,9 +38,7 @@ class TestSignUpInBrowser:
         assert page.get_by_role("link", name="Enter I-Code").is_visible()
         page.close()
 
-    def test_patient_signs_up_logs_in_and_sees_both_visits(
-        self, demo_site, browser
-    ) -> None:
+    def test_sign_up_shows_both_visits(self, demo_site, browser) -> None:
         context = browser.new_context(viewport={"width": 390, "height": 844})
         page = context.new_page()
         page.goto(demo_site.base + "/g/advanced-radiology/towson/")
@@ -48,7 +46,7 @@ class TestSignUpInBrowser:
         assert page.get_by_text("Step 1 of 4").is_visible()
         fill_about_you(page, "09/30/1975")
 
-        # Step 2: the demo patient knows her own visits.
+        # Step 2: the choices come from the demo patient's own visits.
         assert page.get_by_text("Step 2 of 4").is_visible()
         legends = page.locator("fieldset.question legend").all_inner_texts()
         assert len(legends) >= 3
@@ -84,7 +82,7 @@ class TestSignUpInBrowser:
 
     @staticmethod
     def _right_answers(page, legends: list[str]) -> list[tuple[str, str]]:
-        """Answer from what the demo's HL7 messages say about Barbara Sample.
+        """Return the right choices, from the demo's HL7 messages for Barbara Sample.
 
         Her visits were 3 and 60 days before the demo was loaded, at Towson
         and Columbia, both referred by Dr. Morgan Placeholder.

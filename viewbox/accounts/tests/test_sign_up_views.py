@@ -254,16 +254,14 @@ class TestRefusedSignUp:
             client.post(url("accounts:about_you", maryland), about_barbara())
             assert client.session["viewbox_sign_up"]["questions"] == first
 
-    def test_made_up_person_gets_the_same_decoys_every_time(
-        self, client, maryland, barbara
-    ) -> None:
+    def test_decoys_repeat_for_made_up_person(self, client, maryland, barbara) -> None:
         made_up = about_barbara(given_name="Zed", family_name="Nobody")
         client.post(url("accounts:about_you", maryland), made_up)
         first = client.session["viewbox_sign_up"]["questions"]
         client.post(url("accounts:about_you", maryland), made_up)
         assert client.session["viewbox_sign_up"]["questions"] == first
 
-    def test_code_sent_to_an_earlier_address_does_not_count(
+    def test_code_for_old_address_is_rejected(
         self, client, maryland, barbara, mail_catcher
     ) -> None:
         sign_up_until_code(client, maryland)
@@ -468,7 +466,7 @@ class TestLogIn:
         client.post(reverse("viewer:sign_out"))
         assert client.get(reverse("viewer:exam_list")).status_code == 302
 
-    def test_icode_holder_who_signs_up_sees_the_whole_history(
+    def test_icode_holder_account_sees_all_visits(
         self, client, maryland, barbara, mail_catcher
     ) -> None:
         from viewbox.records.models import Exam

@@ -1,9 +1,9 @@
-"""A worker killed with SIGKILL while it builds a package, then a new one.
+"""Package workers as real processes: one killed mid-build, two sharing a queue.
 
-Everything runs as real processes on a database of its own: the demo is
-loaded, `db_worker` starts building the 120-frame ultrasound package and
-is killed in the middle; the package must not be marked ready, and after
-the maintenance command requeues it a second worker finishes it.
+Everything runs on a database of its own with the demo loaded. A
+`db_worker` starts building the 120-frame ultrasound package and is killed
+with SIGKILL. The package must not be marked ready, and after the
+maintenance command requeues it, a second worker finishes it.
 """
 
 import os
@@ -115,9 +115,7 @@ print(package.pk)
 
 @pytest.mark.slow
 class TestWorkerKilledMidTask:
-    def test_killed_worker_leaves_nothing_ready_and_a_retry_finishes(
-        self, site: Site
-    ) -> None:
+    def test_killed_worker_build_is_retried(self, site: Site) -> None:
         package_id = int(site.manage("shell", "-c", REQUEST_PACKAGE).split()[-1])
         worker = site.start_worker()
         try:

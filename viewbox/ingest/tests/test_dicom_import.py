@@ -54,9 +54,7 @@ def alice_exam(california):
 
 @pytest.mark.django_db
 class TestRejectedFiles:
-    def test_non_dicom_file_is_quarantined_and_the_rest_imported(
-        self, alice_exam, tmp_path
-    ) -> None:
+    def test_non_dicom_file_is_quarantined(self, alice_exam, tmp_path) -> None:
         folder = tmp_path / "in"
         write_copy(CT, folder / "good.dcm", "DEMO-1001", "ACC1001")
         (folder / "notes.txt").write_text("not an image")
@@ -91,9 +89,7 @@ class TestRejectedFiles:
         assert "SeriesInstanceUID is missing" in stderr
         assert Study.objects.count() == 0
 
-    def test_same_uid_with_other_content_keeps_the_stored_file(
-        self, alice_exam, tmp_path
-    ) -> None:
+    def test_conflicting_uid_keeps_stored_file(self, alice_exam, tmp_path) -> None:
         sop = generate_uid()
         first = write_copy(
             CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001", sop=sop
@@ -139,7 +135,7 @@ class TestRejectedFiles:
 
 @pytest.mark.django_db
 class TestStoredFiles:
-    def test_file_is_stored_byte_for_byte_under_an_internal_name(
+    def test_file_stored_unchanged_under_internal_name(
         self, alice_exam, tmp_path
     ) -> None:
         from django.core.files.storage import default_storage

@@ -1,4 +1,4 @@
-"""The demo as a patient sees it: gunicorn serving, chromium driven by Playwright."""
+"""The demo in a patient's browser: gunicorn serving, chromium via Playwright."""
 
 import re
 from io import BytesIO

@@ -1,4 +1,4 @@
-"""Every URL that shows patient data answers 404 outside the requester's scope."""
+"""Every URL that shows patient data returns 404 outside the requester's scope."""
 
 import shutil
 from datetime import date
@@ -83,7 +83,7 @@ def two_visits(california, tmp_path):
 
 @pytest.mark.django_db
 class TestOutsideScope:
-    def test_other_patients_exam_is_not_found_on_every_url(self, two_visits) -> None:
+    def test_other_patients_exam_not_found(self, two_visits) -> None:
         client, _, _, bobs, instances = two_visits
         for url in exam_urls(bobs, instances["ACC3"]):
             assert client.get(url).status_code == 404, url
@@ -93,7 +93,7 @@ class TestOutsideScope:
         for url in exam_urls(other, instances["ACC2"]):
             assert client.get(url).status_code == 404, url
 
-    def test_own_exam_with_other_exams_image_is_not_found(self, two_visits) -> None:
+    def test_other_exams_image_not_found(self, two_visits) -> None:
         client, mine, _, _, instances = two_visits
         for accession in ("ACC2", "ACC3"):
             instance = instances[accession]
@@ -153,7 +153,7 @@ class TestOutsideScope:
 
 @pytest.mark.django_db
 class TestImagesBeforeCompletion:
-    def test_images_of_an_exam_in_progress_are_not_found(self, two_visits) -> None:
+    def test_images_before_completion_not_found(self, two_visits) -> None:
         client, mine, _, _, instances = two_visits
         Exam.objects.filter(pk=mine.pk).update(status=Exam.Status.IN_PROGRESS)
         for url in exam_urls(mine, instances["ACC1"])[-2:]:

@@ -34,7 +34,7 @@
         method: "POST",
         headers: { "X-CSRFToken": token },
         credentials: "same-origin",
-        // An ended session answers with a redirect; do not follow it.
+        // An ended session returns a redirect, which must not be followed.
         redirect: "manual"
       }).then(function (response) {
         if (response.status === 204) {

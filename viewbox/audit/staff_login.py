@@ -9,6 +9,7 @@ import logging
 from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext as _
 
 from viewbox.access import throttle
 from viewbox.access.scope import client_address
@@ -36,7 +37,7 @@ def staff_log_in(request: HttpRequest) -> HttpResponse:
             client_address=address,
         )
         return HttpResponse(
-            "Too many failed log-in attempts. Try again in 15 minutes.",
+            _("Too many failed log-in attempts. Try again in 15 minutes."),
             status=429,
             content_type="text/plain",
         )

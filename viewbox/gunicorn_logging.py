@@ -1,7 +1,8 @@
 """gunicorn's access log without the secrets that some URLs carry.
 
-A password reset link contains a token that works for an hour. Written to
-an access log, it would let anyone who reads the log set the password.
+A password reset link contains a token that works for an hour, and a share
+link a token that opens a patient's exams with the link's password. Written
+to an access log, either would help anyone who reads the log.
 """
 
 import re
@@ -11,10 +12,13 @@ from gunicorn.glogging import Logger
 
 # /reset/<user id in base64>/<token>/ under a location's portal.
 _RESET_TOKEN = re.compile(r"(/reset/)[^/\s]+/[^/\s]+/")
+# /s/<token>/, a share link.
+_SHARE_TOKEN = re.compile(r"((?:^|\s)/s/)[^/\s?]+")
 
 
 def redact(text: str) -> str:
-    return _RESET_TOKEN.sub(r"\1[redacted]/", text)
+    text = _RESET_TOKEN.sub(r"\1[redacted]/", text)
+    return _SHARE_TOKEN.sub(r"\1[redacted]", text)
 
 
 class RedactingLogger(Logger):

@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "viewbox.access",
     "viewbox.accounts",
     "viewbox.downloads",
+    "viewbox.sharing",
     "viewbox.audit",
     "viewbox.ingest",
     "viewbox.viewer",
@@ -254,6 +255,15 @@ SESSION_ABSOLUTE_SECONDS = 12 * 60 * 60
 PACKAGE_KEEP_HOURS = 24
 PACKAGE_WARN_HOURS = 2
 PACKAGE_STALL_SECONDS = int(os.environ.get("VIEWBOX_PACKAGE_STALL_SECONDS", "300"))
+
+# Share links: each SHARE_PAUSE_EVERY-th wrong password in a row pauses a
+# link for SHARE_PAUSE_MINUTES, and SHARE_LOCK_AFTER of them lock it until
+# the patient unlocks it. A client that keeps failing, on any links or with
+# made-up tokens, is stopped as well.
+SHARE_PAUSE_EVERY = 10
+SHARE_PAUSE_MINUTES = 15
+SHARE_LOCK_AFTER = 100
+SHARE_THROTTLE = {"share-client": {"limit": 30, "window_minutes": 60}}
 
 ICODE_VALID_DAYS = 90
 # Failed I-Code sign-ins: per client address, per code, and for the whole

@@ -18,6 +18,7 @@ from django.utils import timezone
 from viewbox.access.models import ICode
 from viewbox.accounts.models import Account
 from viewbox.records.models import Exam, Instance
+from viewbox.sharing.models import ShareLink
 
 if TYPE_CHECKING:
     from viewbox.downloads.models import Package
@@ -26,17 +27,30 @@ logger = logging.getLogger(__name__)
 
 SESSION_ICODE_ID = "viewbox_icode_id"
 SESSION_SIGNED_IN_AT = "viewbox_signed_in_at"
+SESSION_SHARE_ID = "viewbox_share_id"
+# Set when a recipient's link stops working, so the next page can say why.
+SESSION_SHARE_ENDED = "viewbox_share_ended"
+# A recipient's use of a link is written down at most this often.
+SHARE_USE_RESOLUTION_SECONDS = 60
 
 
 @dataclass(frozen=True)
 class Requester:
-    """The signed-in party behind a request, and the exams it may see."""
+    """The signed-in party behind a request, and the exams it may see.
+
+    ``kind`` is "icode", "account" or "share" (the recipient of a link).
+    """
 
     kind: str
     actor_id: int
     patient_id: int
     exam_ids: frozenset[int]
     client_address: str | None
+    can_download: bool = True
+
+    @property
+    def is_recipient(self) -> bool:
+        return self.kind == "share"
 
 
 def client_address(request: HttpRequest) -> str | None:
@@ -68,6 +82,8 @@ def requester_from_request(request: HttpRequest) -> Requester | None:
     if not 0 <= age < settings.SESSION_ABSOLUTE_SECONDS:
         request.session.flush()
         return None
+    if SESSION_SHARE_ID in request.session:
+        return _share_requester(request)
     if request.user.is_authenticated:
         return _account_requester(request)
     return _icode_requester(request)
@@ -116,6 +132,49 @@ def _icode_requester(request: HttpRequest) -> Requester | None:
         patient_id=icode.visit.patient_id,
         exam_ids=exam_ids,
         client_address=client_address(request),
+    )
+
+
+def usable_link(link: ShareLink) -> str | None:
+    """Return why a link no longer opens anything, or None if it does.
+
+    A link made with an I-Code stops when front desk revokes that code, so
+    that a leaked code cannot live on through links made with it.
+    """
+    if link.revoked_at is not None:
+        return "revoked"
+    if link.is_expired():
+        return "expired"
+    if link.icode is not None and link.icode.revoked_at is not None:
+        return "revoked"
+    return None
+
+
+def _share_requester(request: HttpRequest) -> Requester | None:
+    link = (
+        ShareLink.objects.select_related("icode")
+        .filter(pk=request.session[SESSION_SHARE_ID])
+        .first()
+    )
+    ended = "revoked" if link is None else usable_link(link)
+    if link is None or ended is not None:
+        request.session.flush()
+        request.session[SESSION_SHARE_ENDED] = ended
+        return None
+    now = timezone.now()
+    if (
+        link.last_used_at is None
+        or (now - link.last_used_at).total_seconds() > SHARE_USE_RESOLUTION_SECONDS
+    ):
+        ShareLink.objects.filter(pk=link.pk).update(last_used_at=now)
+    exam_ids = frozenset(link.exams.values_list("pk", flat=True))
+    return Requester(
+        kind="share",
+        actor_id=link.pk,
+        patient_id=link.patient_id,
+        exam_ids=exam_ids,
+        client_address=client_address(request),
+        can_download=link.allow_download,
     )
 
 
@@ -185,17 +244,28 @@ def access_instance_by_public_id(
     return exam, instance
 
 
+def access_exam_for_download(requester: Requester, public_id: str | uuid.UUID) -> Exam:
+    """Return an exam whose files the requester may download, or raise Http404.
+
+    A recipient of a view-only link sees the images but gets no file.
+    """
+    exam = access_exam_by_public_id(requester, public_id)
+    if not requester.can_download or not images_visible(exam):
+        raise _not_found(requester, "download")
+    return exam
+
+
 def access_package_by_public_id(
     requester: Requester, exam_public_id: str | uuid.UUID, public_id: str | uuid.UUID
 ) -> tuple[Exam, "Package"]:
     """Return a download package of an exam in scope, or raise Http404."""
     from viewbox.downloads.models import Package
 
-    exam = access_exam_by_public_id(requester, exam_public_id)
+    exam = access_exam_for_download(requester, exam_public_id)
     parsed = _parse_public_id(public_id)
     package = (
         Package.objects.filter(exam=exam, public_id=parsed).first() if parsed else None
     )
-    if package is None or not images_visible(exam):
+    if package is None:
         raise _not_found(requester, "package")
     return exam, package

@@ -10,9 +10,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from viewbox.access.scope import (
     Requester,
-    access_exam_by_public_id,
+    access_exam_for_download,
     access_package_by_public_id,
-    images_visible,
 )
 from viewbox.downloads import actions
 from viewbox.downloads.forms import DownloadForm
@@ -21,8 +20,14 @@ from viewbox.records.models import Exam
 from viewbox.viewer.views import exam_context, patient_required
 
 
-def _portal_url(request: HttpRequest, exam: Exam) -> str:
-    """Return the sign-in page of the exam's portal, for notice emails."""
+def _portal_url(request: HttpRequest, requester: Requester, exam: Exam) -> str:
+    """Return where the notice email sends its reader back to.
+
+    A patient signs in at the exam's portal; the recipient of a link opens
+    the link again, so the email points to a page that says so.
+    """
+    if requester.is_recipient:
+        return request.build_absolute_uri(reverse("sharing:password"))
     location = exam.visit.location
     path = reverse("viewer:sign_in_choices", args=[location.group.slug, location.slug])
     return request.build_absolute_uri(path)
@@ -33,9 +38,7 @@ def _portal_url(request: HttpRequest, exam: Exam) -> str:
 def request_download(
     request: HttpRequest, requester: Requester, exam_id: str
 ) -> HttpResponse:
-    exam = access_exam_by_public_id(requester, exam_id)
-    if not images_visible(exam):
-        raise Http404("Not found")
+    exam = access_exam_for_download(requester, exam_id)
     form = DownloadForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         package = actions.request_package(
@@ -43,7 +46,7 @@ def request_download(
             exam,
             form.cleaned_data["format"],
             email=form.cleaned_data["email"],
-            portal_url=_portal_url(request, exam),
+            portal_url=_portal_url(request, requester, exam),
             language=translation.get_language() or "en",
         )
         return redirect("downloads:status", exam.public_id, package.public_id)

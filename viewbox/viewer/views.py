@@ -14,6 +14,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from viewbox.access import actions as access_actions
 from viewbox.access.models import ICode
 from viewbox.access.scope import (
+    SESSION_SHARE_ENDED,
+    SESSION_SHARE_ID,
     Requester,
     access_exam_by_public_id,
     access_instance_by_public_id,
@@ -29,6 +31,7 @@ from viewbox.downloads.forms import DownloadForm
 from viewbox.downloads.queries import latest_packages, ready_package_exam_ids
 from viewbox.records.models import Exam, Instance
 from viewbox.records.release import report_state
+from viewbox.sharing.models import ShareLink
 from viewbox.viewer.forms import ICodeForm
 from viewbox.viewer.previews import preview_jpeg
 from viewbox.viewer.rendering import RenderError
@@ -46,6 +49,9 @@ def patient_required(view: View) -> View:
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         requester = requester_from_request(request)
+        if requester is None and request.session.get(SESSION_SHARE_ENDED):
+            # A recipient whose link expired or was revoked meanwhile.
+            return redirect("sharing:ended")
         if requester is None:
             # A browser that still sends a session cookie had a session that
             # ended; tell the person why they are back at the start.
@@ -169,8 +175,11 @@ def sign_out_or_confirm(request: HttpRequest) -> HttpResponse:
 
 def _sign_out(request: HttpRequest) -> HttpResponse:
     group_slug = request.session.get(SESSION_GROUP_SLUG)
+    recipient = SESSION_SHARE_ID in request.session
     access_actions.sign_out(request)
-    if group_slug:
+    if recipient:
+        target = reverse("sharing:left")
+    elif group_slug:
         target = reverse("viewer:group_portal", args=[group_slug])
     else:
         target = reverse("viewer:start")
@@ -212,14 +221,25 @@ def exam_context(
     exams = list(exams_for(requester))
     return {
         "exams": exams,
-        "ready_exam_ids": ready_package_exam_ids(exams),
+        "ready_exam_ids": (
+            ready_package_exam_ids(exams) if requester.can_download else set()
+        ),
         "exam": exam,
         "tab": tab,
         "group": group,
         "time_zone": _local_time_zone(exam) if exam else None,
         "session_idle_seconds": settings.SESSION_COOKIE_AGE,
         "sign_up_location": _sign_up_location(requester),
+        "requester": requester,
+        "shared_by": _shared_by(requester),
     }
+
+
+def _shared_by(requester: Requester) -> ShareLink | None:
+    """Return the link a recipient came in with, for the page's banner."""
+    if not requester.is_recipient:
+        return None
+    return ShareLink.objects.select_related("patient").get(pk=requester.actor_id)
 
 
 def _sign_up_location(requester: Requester) -> Location | None:
@@ -295,8 +315,9 @@ def exam_images(
     context = exam_context(request, requester, exam, "images")
     context["instances"] = [i for i in instances_for(exam) if i.has_pixels]
     context["tile_edge"] = settings.RENDER_TILE_EDGE
-    context["packages"] = latest_packages(exam)
-    context["download_form"] = DownloadForm() if images_visible(exam) else None
+    may_download = requester.can_download and images_visible(exam)
+    context["packages"] = latest_packages(exam) if may_download else []
+    context["download_form"] = DownloadForm() if may_download else None
     return render(request, "viewer/exam_images.html", context)
 
 

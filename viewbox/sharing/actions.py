@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # The link a browser brought, kept between the token URL and the password
 # page so that the token leaves the address bar at once.
 SESSION_PENDING_LINK = "viewbox_share_pending"
-# What a token URL led to when it did not lead to a usable link.
+# The problem with a token URL that led to no usable link.
 SESSION_PENDING_PROBLEM = "viewbox_share_problem"
 # The link just made, shown once on the next page.
 SESSION_NEW_LINK = "viewbox_share_new"
@@ -64,7 +64,7 @@ def may_share(requester: Requester) -> bool:
 def links_for(requester: Requester) -> QuerySet[ShareLink]:
     """Return the links the requester may see and manage, newest first.
 
-    An account sees every link of its patient; an I-Code session sees the
+    An account gets every link of its patient, and an I-Code session the
     links made with that code.
     """
     links = ShareLink.objects.filter(patient_id=requester.patient_id)
@@ -236,7 +236,7 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
     if usable_link(link) is not None:
         return OpenResult.ENDED
     if client_locked(request):
-        logger.warning("Share link password refused: client limit reached")
+        logger.warning("Share link password rejected: client limit reached")
         return OpenResult.THROTTLED
     now = timezone.now()
     first_open = False

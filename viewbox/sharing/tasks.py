@@ -30,7 +30,7 @@ def send_first_open_notice(link_id: int, base_url: str) -> None:
         send_mail(" ".join(subject.split()), body, None, [link.notify_email])
     except OSError as error:
         logger.warning(
-            "Cannot send the first-open notice of share link %d: %s",
+            "Failed to send the first-open notice of share link %d: %s",
             link.pk,
             type(error).__name__,
         )

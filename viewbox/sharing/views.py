@@ -1,6 +1,7 @@
 from datetime import UTC
 from typing import Any
 
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -27,7 +28,12 @@ from viewbox.sharing.actions import (
 )
 from viewbox.sharing.forms import ExpiryForm, LinkPasswordForm, ShareForm
 from viewbox.sharing.models import ShareLink
-from viewbox.viewer.views import SESSION_GROUP_SLUG, exam_context, patient_required
+from viewbox.viewer.views import (
+    RECIPIENT_COOKIE,
+    SESSION_GROUP_SLUG,
+    exam_context,
+    patient_required,
+)
 
 
 def _sharing_patient(request: HttpRequest, requester: Requester) -> None:
@@ -105,10 +111,10 @@ def _initial(
 def created(request: HttpRequest, requester: Requester, link_id: str) -> HttpResponse:
     _sharing_patient(request, requester)
     link = actions.link_by_public_id(requester, link_id)
-    shown = request.session.get(SESSION_NEW_LINK) or {}
+    new_link = request.session.get(SESSION_NEW_LINK) or {}
     url = None
-    if shown.get("link") == str(link.public_id):
-        url = shown["url"]
+    if new_link.get("link") == str(link.public_id):
+        url = new_link["url"]
         del request.session[SESSION_NEW_LINK]
     context = exam_context(request, requester, None, "")
     context.update({"link": link, "url": url})
@@ -206,7 +212,7 @@ def unlock(request: HttpRequest, requester: Requester, link_id: str) -> HttpResp
 def open_link(request: HttpRequest, token: str) -> HttpResponse:
     """Swap the token for a session entry and move on to a URL without it.
 
-    Whatever the token leads to, the answer is the same redirect, so the
+    Whatever the token leads to, the response is the same redirect, so the
     token never stays in the address bar, the history or a Referer.
     """
     request.session.pop(SESSION_PENDING_LINK, None)
@@ -260,7 +266,13 @@ def password(request: HttpRequest) -> HttpResponse:
         result = actions.open_link(request, link, form.cleaned_data["password"])
         if result is OpenResult.SUCCESS:
             request.session[SESSION_GROUP_SLUG] = link.patient.group.slug
-            return redirect("viewer:exam_list")
+            response = redirect("viewer:exam_list")
+            # Marks this browser as a recipient's, so that a page reached
+            # after the session timed out explains how to open the link again.
+            response.set_cookie(
+                RECIPIENT_COOKIE, "1", samesite="Strict", secure=settings.HTTPS
+            )
+            return response
         if result is OpenResult.ENDED:
             return _ended_page(request, usable_link(link) or "revoked", link)
     context = {
@@ -300,4 +312,6 @@ def ended(request: HttpRequest) -> HttpResponse:
 @require_GET
 def left(request: HttpRequest) -> HttpResponse:
     context = {"idle": request.GET.get("session") == "ended"}
-    return render(request, "sharing/left.html", context)
+    response = render(request, "sharing/left.html", context)
+    response.delete_cookie(RECIPIENT_COOKIE, samesite="Strict")
+    return response

@@ -39,6 +39,7 @@ from viewbox.viewer.rendering import RenderError
 logger = logging.getLogger(__name__)
 
 SESSION_GROUP_SLUG = "viewbox_group_slug"
+RECIPIENT_COOKIE = "viewbox_recipient"
 
 View = Callable[..., HttpResponseBase]
 
@@ -54,8 +55,11 @@ def patient_required(view: View) -> View:
             return redirect("sharing:ended")
         if requester is None:
             # A browser that still sends a session cookie had a session that
-            # ended; tell the person why they are back at the start.
+            # ended; tell the person why they are back at the start, or for
+            # a recipient, how to open the link again.
             if settings.SESSION_COOKIE_NAME in request.COOKIES:
+                if RECIPIENT_COOKIE in request.COOKIES:
+                    return redirect(reverse("sharing:left") + "?session=ended")
                 return redirect(reverse("viewer:start") + "?session=ended")
             return redirect("viewer:start")
         return view(request, requester, *args, **kwargs)

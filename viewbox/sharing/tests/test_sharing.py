@@ -716,6 +716,18 @@ class TestMySharedLinks:
         summary = reverse("viewer:exam_summary", args=[records["shared"].public_id])
         assert recipient.get(summary).status_code == 302
 
+    def test_an_idle_recipient_is_told_how_to_come_back(
+        self, patient, records, frozen
+    ) -> None:
+        url = create_link(patient, [records["shared"]])
+        recipient = open_as_recipient(url)
+        frozen.shift(timedelta(minutes=16))
+        summary = reverse("viewer:exam_summary", args=[records["shared"].public_id])
+        response = recipient.get(summary)
+        assert response["Location"] == reverse("sharing:left") + "?session=ended"
+        page = recipient.get(response["Location"]).content.decode()
+        assert "open the link you were sent" in page
+
     def test_opening_a_link_signs_out_a_patient_in_the_same_browser(
         self, patient, records
     ) -> None:

@@ -138,21 +138,28 @@ def _icode_requester(request: HttpRequest) -> Requester | None:
 def usable_link(link: ShareLink) -> str | None:
     """Return why a link no longer opens anything, or None if it does.
 
-    A link made with an I-Code stops when front desk revokes that code, so
-    that a leaked code cannot live on through links made with it.
+    A link also stops with the I-Code or account that made it: a leaked or
+    expired code, or a disabled account, must not live on through its links,
+    and a code that front desk reactivates brings its links back.
     """
     if link.revoked_at is not None:
         return "revoked"
     if link.is_expired():
         return "expired"
-    if link.icode is not None and link.icode.revoked_at is not None:
+    icode = link.icode
+    if icode is not None and (
+        icode.revoked_at is not None or icode.expires_at <= timezone.now()
+    ):
+        return "revoked"
+    account = link.account
+    if account is not None and not account.user.is_active:
         return "revoked"
     return None
 
 
 def _share_requester(request: HttpRequest) -> Requester | None:
     link = (
-        ShareLink.objects.select_related("icode")
+        ShareLink.objects.select_related("icode", "account__user")
         .filter(pk=request.session[SESSION_SHARE_ID])
         .first()
     )

@@ -64,15 +64,16 @@ def may_share(requester: Requester) -> bool:
 def links_for(requester: Requester) -> QuerySet[ShareLink]:
     """Return the links the requester may see and manage, newest first.
 
-    An account gets every link of its patient, and an I-Code session the
-    links made with that code.
+    A session manages the links it could have made itself: those whose
+    exams are all in its scope. An account so gets every link of its
+    patient, and an I-Code session the links to the exams its code opens.
     """
-    links = ShareLink.objects.filter(patient_id=requester.patient_id)
-    if requester.kind == "account":
-        return links
-    if requester.kind == "icode":
-        return links.filter(icode_id=requester.actor_id)
-    return ShareLink.objects.none()
+    if not may_share(requester):
+        return ShareLink.objects.none()
+    outside = Exam.objects.exclude(pk__in=requester.exam_ids)
+    return ShareLink.objects.filter(patient_id=requester.patient_id).exclude(
+        exams__in=outside
+    )
 
 
 def link_by_public_id(requester: Requester, public_id: str) -> ShareLink:
@@ -219,7 +220,7 @@ def count_client_failure(request: HttpRequest) -> None:
 
 def link_for_token(token: str) -> ShareLink | None:
     return (
-        ShareLink.objects.select_related("icode")
+        ShareLink.objects.select_related("icode", "account__user")
         .filter(token_hash=hash_token(token))
         .first()
     )
@@ -240,6 +241,7 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
         return OpenResult.THROTTLED
     now = timezone.now()
     first_open = False
+    stopped: OpenResult | None = None
     with transaction.atomic():
         locked = ShareLink.objects.select_for_update().get(pk=link.pk)
         if locked.locked_at is not None:
@@ -257,7 +259,7 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
             )
         else:
             outcome = ShareAccess.Outcome.WRONG
-            _count_wrong_password(locked, now)
+            stopped = _count_wrong_password(locked, now)
         ShareAccess.objects.create(link=link, at=now, outcome=outcome)
     record_event(
         "share.password",
@@ -273,7 +275,8 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
     )
     if outcome == ShareAccess.Outcome.WRONG:
         count_client_failure(request)
-        return OpenResult.WRONG
+        # The wrong password that pauses or locks the link says so at once.
+        return stopped or OpenResult.WRONG
     if outcome == ShareAccess.Outcome.PAUSED:
         return OpenResult.PAUSED
     if outcome == ShareAccess.Outcome.LOCKED:
@@ -290,16 +293,21 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
     return OpenResult.SUCCESS
 
 
-def _count_wrong_password(link: ShareLink, now: datetime) -> None:
+def _count_wrong_password(link: ShareLink, now: datetime) -> OpenResult | None:
+    """Count a wrong password; return PAUSED or LOCKED if it stopped the link."""
     wrong = link.wrong_passwords + 1
     changes: dict[str, object] = {"wrong_passwords": wrong}
+    stopped = None
     if wrong >= settings.SHARE_LOCK_AFTER:
         changes["locked_at"] = now
+        stopped = OpenResult.LOCKED
         logger.warning("Share link %d locked after wrong passwords", link.pk)
     elif wrong % settings.SHARE_PAUSE_EVERY == 0:
         changes["paused_until"] = now + timedelta(minutes=settings.SHARE_PAUSE_MINUTES)
+        stopped = OpenResult.PAUSED
         logger.warning("Share link %d paused after wrong passwords", link.pk)
     ShareLink.objects.filter(pk=link.pk).update(**changes)
+    return stopped
 
 
 def pause_minutes_left(link: ShareLink) -> int:

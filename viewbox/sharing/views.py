@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.utils import translation
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from viewbox.access.models import ICode
 from viewbox.access.scope import (
     SESSION_SHARE_ENDED,
     Requester,
@@ -87,8 +88,17 @@ def create(request: HttpRequest, requester: Requester) -> HttpResponse:
         return redirect("sharing:created", link.public_id)
     context = exam_context(request, requester, None, "")
     context["form"] = form
+    context["icode_expires_on"] = _icode_expiry(requester, exam_list)
     status = 400 if request.method == "POST" else 200
     return render(request, "sharing/create.html", context, status=status)
+
+
+def _icode_expiry(requester: Requester, exams: list[Exam]) -> Any:
+    """Return the local date an I-Code session's links stop with its code."""
+    if requester.kind != "icode":
+        return None
+    icode = ICode.objects.get(pk=requester.actor_id)
+    return icode.expires_at.astimezone(actions.link_time_zone(exams)).date()
 
 
 def _initial(
@@ -245,7 +255,7 @@ def password(request: HttpRequest) -> HttpResponse:
         return render(request, "sharing/throttled.html", status=429)
     link_id = request.session.get(SESSION_PENDING_LINK)
     link = (
-        ShareLink.objects.select_related("icode", "patient__group")
+        ShareLink.objects.select_related("icode", "account__user", "patient__group")
         .filter(pk=link_id)
         .first()
         if link_id is not None

@@ -6,9 +6,12 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.contrib.messages.storage.fallback import FallbackStorage
+from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
@@ -398,6 +401,29 @@ class TestLinkLifetime:
         recipient.get(url)
         assert recipient.get(reverse("sharing:password")).status_code == 410
 
+    def test_a_link_made_with_an_icode_stops_when_the_code_expires(
+        self, records
+    ) -> None:
+        client = Client()
+        sign_in_with_icode(client, records["shared"])
+        url = create_link(client, [records["shared"]], expires_on="2099-01-01")
+        ICode.objects.update(expires_at=timezone.now())
+        recipient = Client()
+        recipient.get(url)
+        assert recipient.get(reverse("sharing:password")).status_code == 410
+        # Front desk reactivates the code: its links work again.
+        ICode.objects.update(expires_at=timezone.now() + timedelta(days=90))
+        open_as_recipient(url)
+
+    def test_a_link_made_in_an_account_stops_when_it_is_disabled(
+        self, patient, records
+    ) -> None:
+        url = create_link(patient, [records["shared"]])
+        recipient = open_as_recipient(url)
+        get_user_model().objects.update(is_active=False)
+        summary = reverse("viewer:exam_summary", args=[records["shared"].public_id])
+        assert recipient.get(summary)["Location"] == reverse("sharing:ended")
+
     def test_the_patient_changes_the_expiry_of_an_expired_link(
         self, patient, records, frozen
     ) -> None:
@@ -469,6 +495,18 @@ class TestPasswords:
             ShareAccess.objects.order_by("at", "pk").values_list("outcome", flat=True)
         )
         assert outcomes == ["wrong"] * 10 + ["paused", "right"]
+
+    def test_the_tenth_wrong_password_says_the_link_is_paused(
+        self, patient, records
+    ) -> None:
+        url = create_link(patient, [records["shared"]])
+        recipient = Client()
+        recipient.get(url)
+        for _ in range(9):
+            recipient.post(reverse("sharing:password"), {"password": "guess"})
+        response = recipient.post(reverse("sharing:password"), {"password": "guess"})
+        assert response.status_code == 429
+        assert "The link is paused" in response.content.decode()
 
     def test_a_hundred_wrong_passwords_lock_until_the_patient_unlocks(
         self, patient, records, settings
@@ -633,7 +671,9 @@ class TestCreateForm:
             reverse("sharing:unlock", args=[link.public_id]): {},
         }
         for path, data in posts.items():
-            assert strict.post(path, data).status_code == 403, path
+            response = strict.post(path, data)
+            assert response.status_code == 403, path
+            assert "Forbidden (403)" not in response.content.decode(), path
         link.refresh_from_db()
         assert link.revoked_at is None and link.expires_on == date(2026, 12, 31)
         assert ShareLink.objects.count() == 1
@@ -658,23 +698,23 @@ class TestMySharedLinks:
         ).content.decode()
         assert "Wrong password" in detail and "Right password" in detail
 
-    def test_an_icode_session_sees_only_links_made_with_its_code(
+    def test_an_icode_session_sees_only_links_to_its_exams(
         self, patient, records
     ) -> None:
-        create_link(patient, [records["shared"]], nickname="Made in the account")
+        create_link(patient, [records["kept"]], nickname="Knee for the surgeon")
+        create_link(patient, [records["shared"]], nickname="Mammogram for Dr. Lee")
         client = Client()
         sign_in_with_icode(client, records["shared"])
         listing = client.get(reverse("sharing:links")).content.decode()
-        assert "Made in the account" not in listing
-        link = ShareLink.objects.get()
-        assert (
-            client.get(reverse("sharing:detail", args=[link.public_id])).status_code
-            == 404
-        )
-        assert (
-            client.post(reverse("sharing:revoke", args=[link.public_id])).status_code
-            == 404
-        )
+        assert "Knee for the surgeon" not in listing
+        assert "Mammogram for Dr. Lee" in listing
+        knee = ShareLink.objects.get(nickname="Knee for the surgeon")
+        detail = reverse("sharing:detail", args=[knee.public_id])
+        assert client.get(detail).status_code == 404
+        revoke = reverse("sharing:revoke", args=[knee.public_id])
+        assert client.post(revoke).status_code == 404
+        knee.refresh_from_db()
+        assert knee.revoked_at is None
 
     def test_another_patients_links_cannot_be_reached(self, records, maryland) -> None:
         olive = Client()
@@ -746,3 +786,31 @@ class TestMySharedLinks:
         assert {"share.create", "share.open", "share.password"} <= actions
         for event in AuditEvent.objects.all():
             assert PASSWORD not in str(event.__dict__)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestStaff:
+    def test_staff_turn_a_link_off_from_the_admin(self, patient, records) -> None:
+        url = create_link(patient, [records["shared"]], nickname="For Dr. Lee")
+        link = ShareLink.objects.get()
+        staff = get_user_model().objects.create_superuser("admin", password="x" * 20)
+        request = RequestFactory().post(reverse("admin:sharing_sharelink_changelist"))
+        request.user = staff
+        request.session = SessionStore()
+        request._messages = FallbackStorage(request)  # type: ignore[attr-defined]
+        model_admin = admin.site._registry[ShareLink]
+        model_admin.turn_off(request, ShareLink.objects.all())
+        link.refresh_from_db()
+        assert link.revoked_at is not None
+        assert AuditEvent.objects.filter(
+            action="share.revoke", actor_kind="staff"
+        ).exists()
+        recipient = Client()
+        recipient.get(url)
+        assert recipient.get(reverse("sharing:password")).status_code == 410
+
+    def test_the_admin_list_shows_no_nickname(self, patient, records) -> None:
+        create_link(patient, [records["shared"]], nickname="Lump in left breast")
+        model_admin = admin.site._registry[ShareLink]
+        assert "nickname" not in model_admin.list_display
+        assert "nickname" not in model_admin.fields

@@ -1095,9 +1095,7 @@ class TestRepeatedImport:
         assert stored_rows() == before
         assert list(HL7Message.objects.order_by("pk").values()) == messages_before
 
-    def test_same_control_id_with_other_content_is_rejected(
-        self, alice_order
-    ) -> None:
+    def test_same_control_id_with_other_content_is_rejected(self, alice_order) -> None:
         before = stored_rows()
         first = HL7Message.objects.get()
 

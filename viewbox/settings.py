@@ -286,7 +286,7 @@ PROXY_COUNT = int(os.environ.get("VIEWBOX_PROXY_COUNT", "0"))
 # connects here; bind another address only behind a firewall or VPN.
 HL7_LISTENER_HOST = os.environ.get("VIEWBOX_HL7_HOST", "127.0.0.1")
 HL7_LISTENER_PORT = int(os.environ.get("VIEWBOX_HL7_PORT", "2575"))
-# A frame larger than this is answered with AR and its connection closed.
+# A larger frame gets an AR acknowledgment and its connection is closed.
 HL7_LISTENER_MAX_MESSAGE_BYTES = int(
     os.environ.get("VIEWBOX_HL7_MAX_MESSAGE_BYTES", str(1024 * 1024))
 )

@@ -158,9 +158,11 @@ def import_message(
         # The database's text can quote values from the message, so only the
         # kind of error is kept.
         reason = f"the database refused the message ({type(error).__name__})"
-        refused = HL7Error(reason)
-        refused.ack_code = "AE"
-        return _reject(text, source_name, message_type, control_id, refused, retry_of)
+        database_error = HL7Error(reason)
+        database_error.ack_code = "AE"
+        return _reject(
+            text, source_name, message_type, control_id, database_error, retry_of
+        )
 
 
 def retry_message(row: HL7Message) -> ImportResult:

@@ -3,7 +3,7 @@
 MLLP, the HL7 Minimal Lower Layer Protocol, frames each message as
 0x0B <message> 0x1C 0x0D on a TCP connection. Every frame is applied with
 hl7_import.import_message, the same code path as ``manage.py import_hl7``,
-and answered with an ACK in original acknowledgment mode:
+and acknowledged in original acknowledgment mode:
 
 - MSA-1 AA: applied, or applied before from an identical copy.
 - MSA-1 AE: read, but its content cannot be applied (an unknown patient).
@@ -175,7 +175,7 @@ def acknowledge(payload: bytes, source_name: str) -> bytes:
         else:
             result = import_message(text, source_name)
     except Exception as error:
-        # A failure here must not end the connection without an answer. The
+        # A failure here must not end the connection without an ACK. The
         # error's text can quote values from the message, so only its kind
         # is logged. The sender may send the message again later.
         logger.error(
@@ -455,7 +455,7 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
             connections.close_all()
 
     def _serve(self, peer: str) -> int:
-        """Answer frames until the peer closes, goes idle or the server stops."""
+        """Acknowledge frames until the peer closes, goes idle or the server stops."""
         reader = FrameReader(self.server.max_message_bytes)
         self.request.settimeout(POLL_SECONDS)
         source_name = f"mllp:{peer}"

@@ -25,12 +25,13 @@ import socket
 import socketserver
 import threading
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
+from django.db import DatabaseError, close_old_connections, connection, connections
 
 from viewbox.ingest.hl7_import import ImportResult, import_message
 from viewbox.ingest.hl7_parsing import (
@@ -41,6 +42,7 @@ from viewbox.ingest.hl7_parsing import (
     escape,
     parse_message,
     read_header_labels,
+    read_sending_facility,
 )
 from viewbox.ingest.models import HL7Message, QuarantinedFile
 
@@ -155,25 +157,12 @@ def frame(message: bytes) -> bytes:
 
 def acknowledge(payload: bytes, source_name: str) -> bytes:
     """Apply the message in one frame and return the framed ACK."""
-    if binary := BINARY_BYTES.search(payload):
-        reason = (
-            f"binary data (byte 0x{binary.group()[0]:02x} at offset "
-            f"{binary.start()}); the message was copied to the quarantine"
-        )
-        _quarantine_bytes(payload, source_name, reason)
-        text = payload.decode("latin-1")
-        return frame(build_ack(text, "AR", reason, ""))
-
-    text = decode_message(payload)
     # A connection thread lives for hours; drop a database connection that
     # broke meanwhile, as Django does before each request.
     close_old_connections()
     try:
-        if connection.vendor == "sqlite":
-            with _sqlite_writer:
-                result = import_message(text, source_name)
-        else:
-            result = import_message(text, source_name)
+        with _database_writer():
+            result = _apply_frame(payload, source_name)
     except Exception as error:
         # A failure here must not end the connection without an ACK. The
         # error's text can quote values from the message, so only its kind
@@ -188,10 +177,30 @@ def acknowledge(payload: bytes, source_name: str) -> bytes:
             error="the message could not be stored; send it again later",
             ack_code="AE",
         )
+
     _log_result(result, source_name)
+    text = decode_message(payload)
     if result.status == "rejected":
         return frame(build_ack(text, result.ack_code, result.error, result.error_field))
     return frame(build_ack(text, "AA", "", ""))
+
+
+def _apply_frame(payload: bytes, source_name: str) -> ImportResult:
+    if binary := BINARY_BYTES.search(payload):
+        reason = (
+            f"binary data (byte 0x{binary.group()[0]:02x} at offset "
+            f"{binary.start()}); the message was copied to the quarantine"
+        )
+        _quarantine_bytes(payload, source_name, reason)
+        return ImportResult("rejected", error=reason, ack_code="AR")
+    return import_message(decode_message(payload), source_name)
+
+
+def _database_writer() -> AbstractContextManager[object]:
+    """Return the lock that SQLite writes need, or a context that does nothing."""
+    if connection.vendor == "sqlite":
+        return _sqlite_writer
+    return nullcontext()
 
 
 def reject_oversized(head: bytes, source_name: str, max_message_bytes: int) -> bytes:
@@ -203,22 +212,34 @@ def reject_oversized(head: bytes, source_name: str, max_message_bytes: int) -> b
     text = head.decode("latin-1")
     header = text.replace("\n", "\r").split("\r", 1)[0]
     message_type, control_id = read_header_labels(header)
-    row = HL7Message.objects.create(
-        status=HL7Message.Status.REJECTED,
-        control_id=control_id[:64],
-        message_type=message_type[:16],
-        raw=header if not BINARY_BYTES.search(head) else "",
-        error=f"{reason}; only its MSH segment was kept",
-        source_name=source_name,
-    )
-    logger.warning(
-        "Rejected HL7 message %s from %s with AR: larger than %d bytes, "
-        "stored as HL7 message %d",
-        control_id or "-",
-        source_name,
-        max_message_bytes,
-        row.pk,
-    )
+    if BINARY_BYTES.search(header.encode("latin-1")):
+        header = ""
+    try:
+        with _database_writer():
+            row = HL7Message.objects.create(
+                status=HL7Message.Status.REJECTED,
+                control_id=control_id[:64],
+                sending_facility=read_sending_facility(header)[:64],
+                message_type=message_type[:16],
+                raw=header,
+                error=f"{reason}; only its MSH segment was kept",
+                source_name=source_name,
+            )
+    except DatabaseError as error:
+        logger.error(
+            "Storing an oversized HL7 message from %s failed: %s",
+            source_name,
+            type(error).__name__,
+        )
+    else:
+        logger.warning(
+            "Rejected HL7 message %s from %s with AR: larger than %d bytes, "
+            "stored as HL7 message %d",
+            control_id or "-",
+            source_name,
+            max_message_bytes,
+            row.pk,
+        )
     return frame(build_ack(header, "AR", reason, ""))
 
 

@@ -288,6 +288,52 @@ class TestOversizedMessage:
         other.close()
 
 
+@transactional
+class TestLogging:
+    def test_log_lines_carry_no_health_information(
+        self, alice_order, ris, caplog
+    ) -> None:
+        caplog.set_level(logging.INFO)
+
+        ris.exchange(oru("MSG2250"))
+        ris.exchange(oru("MSG2251", pid=BOB))
+        ris.exchange(adt("A08", "MSG2252"))
+
+        logged = "\n".join(caplog.messages)
+        assert "MSG2251" in logged
+        for value in (
+            ALICE_MRN,
+            "MRN2002",
+            "TESTPATIENT",
+            "ALICE",
+            "SAMPLE",
+            "19800412",
+            "ACC1001",
+            "lungs are clear",
+            "555-0100",
+        ):
+            assert value not in logged
+
+
+@transactional
+class TestCharacterSet:
+    def test_ack_uses_the_message_character_set(self, california, ris) -> None:
+        nino = segment("PV1", {1: "1", 2: "O", 3: "RLA-NIÑO"})
+        text = message(
+            msh("ORM^O01", "MSG2260") + "||||||8859/1", ALICE, nino, *order_segments()
+        )
+
+        ris.send(START + text.encode("latin-1") + END)
+        ris.socket.settimeout(10)
+        raw = ris.socket.recv(65536)
+
+        assert raw.startswith(START)
+        assert raw.endswith(END)
+        assert b"|8859/1\r" in raw
+        assert b"MSA|AE|MSG2260|PV1-3 location 'RLA-NI\xd1O' was not found" in raw
+        assert HL7Message.objects.get().raw == text
+
+
 # Framing variants
 
 
@@ -810,6 +856,20 @@ class TestRetry:
         assert {
             name: rows for name, rows in stored_rows().items() if name != "AuditEvent"
         } == {name: rows for name, rows in before.items() if name != "AuditEvent"}
+
+    def test_processed_message_is_not_retried(self, alice_order, staff_client) -> None:
+        processed = HL7Message.objects.get()
+        before = stored_rows()
+
+        response = staff_client.post(
+            "/staff/ingest/hl7message/",
+            {"action": "retry", "_selected_action": [processed.pk]},
+            follow=True,
+        )
+
+        assert "Only rejected messages can be retried." in response.content.decode()
+        assert stored_rows() == before
+        assert HL7Message.objects.get().status == HL7Message.Status.PROCESSED
 
     def test_staff_without_permission_cannot_retry(
         self, california, ris, client

@@ -4,6 +4,21 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def fill_sending_facility(apps, schema_editor):
+    """Copy MSH-4 (its first component) out of the stored text of older rows."""
+    HL7Message = apps.get_model("ingest", "HL7Message")
+    for row in HL7Message.objects.filter(sending_facility="").iterator():
+        header = row.raw.split("\r", 1)[0]
+        if not header.startswith("MSH") or len(header) < 5:
+            continue
+        fields = header.split(header[3])
+        if len(fields) < 4:
+            continue
+        component = fields[1][:1] or "^"
+        row.sending_facility = fields[3].split(component)[0].strip()[:64]
+        row.save(update_fields=["sending_facility"])
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -35,4 +50,5 @@ class Migration(migrations.Migration):
             name='status',
             field=models.CharField(choices=[('processed', 'Processed'), ('rejected', 'Rejected'), ('resolved', 'Resolved')], max_length=16),
         ),
+        migrations.RunPython(fill_sending_facility, migrations.RunPython.noop),
     ]

@@ -5,8 +5,12 @@ obviously fake patients of RadNet Los Angeles (facility RLA, California,
 where signed reports are held for 96 hours).
 """
 
+import io
 import logging
+import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -895,8 +899,44 @@ class TestRetry:
 # The command
 
 
+class StartupOutput(io.StringIO):
+    """The command's stdout, which signals once the listening line is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if "Listening for HL7 on" in self.getvalue():
+            self.started.set()
+        return written
+
+
 @transactional
 class TestListenerCommand:
+    def test_command_serves_until_sigterm(self, california) -> None:
+        output = StartupOutput()
+        acks: list[Message] = []
+
+        def send_then_stop() -> None:
+            assert output.started.wait(10)
+            port = int(output.getvalue().split(":")[-1])
+            client = MLLPClient(port)
+            acks.append(client.exchange(adt("A04", "MSG3400")))
+            client.close()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        sender = threading.Thread(target=send_then_stop)
+        sender.start()
+        call_command("run_hl7_listener", "--port", "0", stdout=output)
+        sender.join(10)
+
+        assert output.getvalue().startswith("Listening for HL7 on 127.0.0.1:")
+        assert [msa(ack) for ack in acks] == [("AA", "MSG3400", "")]
+        assert Patient.objects.get().mrn == ALICE_MRN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
     def test_port_in_use_is_reported(self, california) -> None:
         taken = socket.socket()
         taken.bind(("127.0.0.1", 0))

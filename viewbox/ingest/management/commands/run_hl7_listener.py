@@ -51,12 +51,17 @@ class Command(BaseCommand):
             # in the thread that serve_forever runs in.
             threading.Thread(target=listener.shutdown).start()
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        previous = {
+            number: signal.signal(number, request_stop)
+            for number in (signal.SIGTERM, signal.SIGINT)
+        }
         logger.info("HL7 listener started on %s:%d", options["host"], listener.port)
+        self.stdout.write(f"Listening for HL7 on {options['host']}:{listener.port}")
         try:
             listener.serve_forever()
         finally:
             listener.stopping.set()
             listener.server_close()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             logger.info("HL7 listener stopped")

@@ -509,7 +509,16 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
                 return received
             idle_seconds = 0.0
 
-            for item in reader.feed(data):
+            items = reader.feed(data)
+            # Logged before the ACKs go out, so the line precedes them.
+            if reader.discarded_bytes:
+                logger.warning(
+                    "Discarded %d bytes outside MLLP frames from %s",
+                    reader.discarded_bytes,
+                    peer,
+                )
+                reader.discarded_bytes = 0
+            for item in items:
                 if isinstance(item, OversizedFrame):
                     answer = reject_oversized(
                         item.head, source_name, self.server.max_message_bytes
@@ -519,13 +528,6 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
                 received += 1
                 if not self._send(acknowledge(item.payload, source_name), peer):
                     return received
-            if reader.discarded_bytes:
-                logger.warning(
-                    "Discarded %d bytes outside MLLP frames from %s",
-                    reader.discarded_bytes,
-                    peer,
-                )
-                reader.discarded_bytes = 0
         return received
 
     def _send(self, data: bytes, peer: str) -> bool:

@@ -153,7 +153,7 @@ class TestFrameReader:
         assert [item.payload for item in frames] == [b"MSH|^~\\&|A"]
         assert reader.discarded_bytes == 0
 
-    def test_carriage_return_in_the_next_piece_is_no_garbage(self) -> None:
+    def test_late_carriage_return_is_not_discarded(self) -> None:
         reader = FrameReader(1024)
 
         reader.feed(b"\x0bA\x1c")
@@ -184,9 +184,7 @@ class TestFrameReader:
 
 @transactional
 class TestUnknownPatientReport:
-    def test_report_for_unknown_patient_is_answered_with_ae(
-        self, alice_order, ris
-    ) -> None:
+    def test_unknown_patient_gets_ae(self, alice_order, ris) -> None:
         before = stored_rows()
 
         ack = ris.exchange(oru("MSG2000", pid=BOB))
@@ -216,7 +214,7 @@ class TestUnknownPatientReport:
 
 @transactional
 class TestRejectedMessages:
-    def test_unsupported_type_is_answered_with_ar(self, california, ris) -> None:
+    def test_unsupported_type_gets_ar(self, california, ris) -> None:
         ack = ris.exchange(adt("A01", "MSG2100"))
 
         assert msa(ack)[:2] == ("AR", "MSG2100")
@@ -225,7 +223,7 @@ class TestRejectedMessages:
         assert reason.startswith("MSH-9 unsupported message type 'ADT^A01'")
         assert Patient.objects.count() == 0
 
-    def test_text_that_is_not_hl7_is_answered_with_ar(self, california, ris) -> None:
+    def test_plain_text_gets_ar(self, california, ris) -> None:
         ack = ris.exchange("Hello, is this the reading room?")
 
         assert msa(ack) == ("AR", "", "message does not start with an MSH segment")
@@ -576,7 +574,7 @@ def duplicate_alice(alice_order: Exam, ris: MLLPClient) -> Patient:
 
 @transactional
 class TestPatientMerge:
-    def test_unknown_prior_patient_is_answered_with_ae(self, alice_order, ris) -> None:
+    def test_unknown_prior_patient_gets_ae(self, alice_order, ris) -> None:
         before = stored_rows()
 
         ack = ris.exchange(a40("MSG2900", prior_mrn="MRN0000"))
@@ -587,6 +585,49 @@ class TestPatientMerge:
         assert msa(ack) == ("AE", "MSG2900", reason[:80])
         assert err(ack)[:2] == ("MRG^1^1", "204")
         assert stored_rows() == before
+
+    def test_same_mrn_in_pid_and_mrg_is_refused(self, alice_order, ris) -> None:
+        before = stored_rows()
+
+        ack = ris.exchange(a40("MSG2907", prior_mrn=ALICE_MRN))
+
+        assert msa(ack) == (
+            "AE",
+            "MSG2907",
+            "MRG-1 prior patient ID is the same as PID-3",
+        )
+        assert stored_rows() == before
+
+    def test_two_mrg_segments_are_refused(self, duplicate_alice, ris) -> None:
+        before = stored_rows()
+        text = a40("MSG2908") + segment("MRG", {1: "MRN0001^^^RLA^MR"}) + "\r"
+
+        ack = ris.exchange(text)
+
+        assert msa(ack)[0] == "AE"
+        assert err(ack)[2] == (
+            "ADT^A40 contains 2 MRG segments, but only one merge per message "
+            "is supported"
+        )
+        assert stored_rows() == before
+
+    def test_merge_into_a_new_mrn_creates_it(self, duplicate_alice, ris) -> None:
+        text = a40("MSG2909").replace(f"|{ALICE_MRN}^", "|MRN5005^")
+        Patient.objects.get(mrn=ALICE_MRN)
+
+        ack = ris.exchange(text)
+
+        assert msa(ack)[0] == "AA"
+        survivor = Patient.objects.get(mrn="MRN5005")
+        assert not Patient.objects.filter(mrn=PRIOR_MRN).exists()
+        assert sorted(
+            Exam.objects.filter(visit__patient=survivor).values_list(
+                "accession_number", flat=True
+            )
+        ) == ["ACC3001", "ACC3002"]
+        assert Exam.objects.get(accession_number="ACC1001").visit.patient.mrn == (
+            ALICE_MRN
+        )
 
     def test_two_accounts_block_the_merge(self, duplicate_alice, ris) -> None:
         surviving = Patient.objects.get(mrn=ALICE_MRN)
@@ -775,9 +816,7 @@ class TestAddendum:
         )
         assert stored_rows() == before
 
-    def test_addendum_is_appended_and_held_from_its_own_signing(
-        self, alice_order, ris
-    ) -> None:
+    def test_addendum_appends_and_holds(self, alice_order, ris) -> None:
         addendum_at = SIGNED + timedelta(hours=120)
         ris.exchange(signed_report("MSG3201", "F", SIGNED))
 

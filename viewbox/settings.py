@@ -293,6 +293,20 @@ if HTTPS:
     CSRF_COOKIE_SECURE = True
 PROXY_COUNT = int(os.environ.get("VIEWBOX_PROXY_COUNT", "0"))
 
+# HL7 v2 listener (MLLP), started by `manage.py run_hl7_listener`. The RIS
+# connects here; bind another address only behind a firewall or VPN.
+HL7_LISTENER_HOST = os.environ.get("VIEWBOX_HL7_HOST", "127.0.0.1")
+HL7_LISTENER_PORT = int(os.environ.get("VIEWBOX_HL7_PORT", "2575"))
+# A larger frame gets an AR acknowledgment and its connection is closed.
+HL7_LISTENER_MAX_MESSAGE_BYTES = int(
+    os.environ.get("VIEWBOX_HL7_MAX_MESSAGE_BYTES", str(1024 * 1024))
+)
+# A connection without data for this long is closed; the RIS reconnects.
+HL7_LISTENER_IDLE_TIMEOUT_SECONDS = int(
+    os.environ.get("VIEWBOX_HL7_IDLE_TIMEOUT_SECONDS", "300")
+)
+HL7_LISTENER_MAX_CONNECTIONS = int(os.environ.get("VIEWBOX_HL7_MAX_CONNECTIONS", "16"))
+
 _log_handlers = ["console"]
 _handlers: dict[str, dict[str, str]] = {
     "console": {"class": "logging.StreamHandler", "formatter": "plain"}

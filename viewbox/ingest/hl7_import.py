@@ -9,6 +9,9 @@ field references like "OBR-25" and internal ids, but no patient data.
 
 For every message type, an empty field leaves the stored value unchanged and
 the HL7 null value "" clears an optional one.
+
+The import command and the MLLP listener both call import_message, so a
+message is applied the same way whichever way it arrives.
 """
 
 import logging
@@ -20,6 +23,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import DataError, IntegrityError, models, transaction
+from django.utils import timezone
 
 from viewbox.audit.actions import record_event
 from viewbox.directory.models import ImagingGroup, Location, State
@@ -31,13 +35,16 @@ from viewbox.ingest.hl7_parsing import (
     Segment,
     parse_message,
     read_header_labels,
+    read_sending_facility,
     split_file,
     split_messages,
 )
 from viewbox.ingest.models import HL7Message, QuarantinedFile
+from viewbox.ingest.patient_merge import MergeConflict, merge_patients
 from viewbox.ingest.quarantine import quarantine_file
 from viewbox.records.actions import attach_waiting_studies
 from viewbox.records.models import Exam, Patient, ReportVersion, Visit
+from viewbox.records.release import SIGNED_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,10 @@ RESULT_STATUSES = {
 ADMINISTRATIVE_SEXES = ("F", "M", "O", "U", "A", "N")
 # OBX-2 value types whose OBX-5 is report text.
 TEXT_VALUE_TYPES = ("TX", "FT", "ST")
+# OBX-3 identifier (code or text, any case) that marks an addendum. An ORU
+# whose text OBX segments all carry it appends to the last signed report
+# instead of replacing it.
+ADDENDUM_IDENTIFIER = "ADDENDUM"
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,10 @@ class ImportResult:
     control_id: str = ""
     message_type: str = ""
     error: str = ""
+    # Where the error is, like "OBR-25"; never a value from the message.
+    error_field: str = ""
+    # MSA-1 acknowledgment code for the sender: AA, AE or AR.
+    ack_code: str = "AA"
     # True when the whole file was not HL7 and was copied to quarantine.
     quarantined: bool = False
 
@@ -113,13 +128,17 @@ def import_file(path: Path | str) -> list[ImportResult]:
     return [import_message(text, source_name) for text in messages]
 
 
-def import_message(raw: str, source_name: str = "") -> ImportResult:
-    """Apply one message (ADT^A04, ADT^A08, ORM^O01 or ORU^R01).
+def import_message(
+    raw: str, source_name: str = "", *, retry_of: HL7Message | None = None
+) -> ImportResult:
+    """Apply one message (ADT^A04, A08, A40, ORM^O01, OMI^O23 or ORU^R01).
 
     ``raw`` may carry MLLP framing and CR, LF or CR LF segment separators.
     A message whose MSH-10 was already processed for the same MSH-4 is a
-    duplicate and changes nothing. A message rejected before may be sent
-    again, and an identical rejection does not store a second row.
+    duplicate and changes nothing when its text is the same, and is
+    rejected when it differs. A message rejected before may be sent again,
+    and an identical rejection does not store a second row. ``retry_of`` is
+    the REJECTED row that staff retry; it is updated instead of adding a row.
     """
     texts = split_messages(raw)
     text = texts[0] if len(texts) == 1 else raw
@@ -132,29 +151,58 @@ def import_message(raw: str, source_name: str = "") -> ImportResult:
         message = parse_message(text)
         message_type, control_id = message.message_type, message.control_id
         with transaction.atomic():
-            return _apply(message, text, source_name)
+            return _apply(message, text, source_name, retry_of)
     except HL7Error as error:
-        return _reject(text, source_name, message_type, control_id, error)
+        return _reject(text, source_name, message_type, control_id, error, retry_of)
     except (DataError, IntegrityError) as error:
         # The database's text can quote values from the message, so only the
         # kind of error is kept.
         reason = f"the database refused the message ({type(error).__name__})"
-        return _reject(text, source_name, message_type, control_id, HL7Error(reason))
+        database_error = HL7Error(reason)
+        database_error.ack_code = "AE"
+        return _reject(
+            text, source_name, message_type, control_id, database_error, retry_of
+        )
 
 
-def _apply(message: Message, text: str, source_name: str) -> ImportResult:
+def retry_message(row: HL7Message) -> ImportResult:
+    """Apply a REJECTED message again, after staff fixed what it lacked.
+
+    The row becomes RESOLVED when the message is processed (or was processed
+    meanwhile from another copy), and keeps the new reason when it is
+    rejected again.
+    """
+    if row.status != HL7Message.Status.REJECTED:
+        raise ValueError(f"HL7 message {row.pk} is {row.status}, not rejected")
+    return import_message(row.raw, row.source_name, retry_of=row)
+
+
+def _apply(
+    message: Message, text: str, source_name: str, retry_of: HL7Message | None
+) -> ImportResult:
     control_id = message.control_id
     if not control_id:
         raise HL7Error("MSH-10 message control ID is missing", "MSH-10")
     _check_length(control_id, HL7Message, "control_id", "MSH-10", "message control ID")
     group = _lock_group(message)
 
-    if _was_processed(group, control_id):
+    processed = _find_processed(group, control_id)
+    if processed is not None and processed.raw != text:
+        raise HL7Error(
+            f"MSH-10 message control ID was already processed as HL7 message "
+            f"{processed.pk} with other content; send a change with a new "
+            "control ID",
+            "MSH-10",
+        )
+    if processed is not None:
         logger.info(
-            "Skipped HL7 message %s (%s): already processed",
+            "Skipped HL7 message %s (%s): already processed as HL7 message %d",
             control_id,
             message.message_type,
+            processed.pk,
         )
+        if retry_of is not None:
+            _resolve(retry_of, processed)
         return ImportResult("duplicate", control_id, message.message_type)
 
     handler = HANDLERS.get(message.message_type)
@@ -166,12 +214,19 @@ def _apply(message: Message, text: str, source_name: str) -> ImportResult:
         )
     row = HL7Message.objects.create(
         control_id=control_id,
+        sending_facility=message.sending_facility[:64],
         message_type=message.message_type,
         status=HL7Message.Status.PROCESSED,
         raw=text,
         source_name=source_name,
     )
-    changes = handler(_Context(message, group, _read_zone(group.state), row))
+    try:
+        changes = handler(_Context(message, group, _read_zone(group.state), row))
+    except HL7Error as error:
+        # The message was read, but its content does not fit what is stored.
+        error.ack_code = "AE"
+        raise
+    _resolve_earlier_rejections(row, group, retry_of)
 
     logger.info(
         "Processed HL7 message %s (%s) as HL7 message %d: "
@@ -214,23 +269,46 @@ def _lock_group(message: Message) -> ImagingGroup:
     return groups[0]
 
 
-def _was_processed(group: ImagingGroup, control_id: str) -> bool:
-    """Return whether this group's MSH-10 was processed already.
+def _find_processed(group: ImagingGroup, control_id: str) -> HL7Message | None:
+    """Return the PROCESSED row of this group's MSH-10, or None.
 
-    HL7Message has no column for MSH-4, so the facility is read back from
-    the stored text of the few rows that have the same control ID.
+    Rows stored before HL7Message had a sending_facility column have the
+    facility read back from their text.
     """
     stored = HL7Message.objects.filter(
         control_id=control_id, status=HL7Message.Status.PROCESSED
-    ).values_list("raw", flat=True)
-    for raw in stored:
-        try:
-            facility = parse_message(raw).sending_facility
-        except HL7Error:
-            continue
+    ).order_by("pk")
+    for row in stored:
+        facility = row.sending_facility or read_sending_facility(row.raw)
         if facility.casefold() == group.ris_facility.casefold():
-            return True
-    return False
+            return row
+    return None
+
+
+def _resolve_earlier_rejections(
+    row: HL7Message, group: ImagingGroup, retry_of: HL7Message | None
+) -> None:
+    """Mark the rejected copies of a message that is now processed."""
+    earlier = HL7Message.objects.filter(
+        status=HL7Message.Status.REJECTED,
+        control_id=row.control_id,
+        sending_facility__iexact=group.ris_facility,
+    )
+    for rejected in earlier:
+        _resolve(rejected, row)
+    if retry_of is not None:
+        _resolve(retry_of, row)
+
+
+def _resolve(rejected: HL7Message, processed: HL7Message) -> None:
+    rejected.status = HL7Message.Status.RESOLVED
+    rejected.resolved_by = processed
+    rejected.save(update_fields=["status", "resolved_by"])
+    logger.info(
+        "Resolved rejected HL7 message %d by HL7 message %d",
+        rejected.pk,
+        processed.pk,
+    )
 
 
 def _reject(
@@ -239,26 +317,51 @@ def _reject(
     message_type: str,
     control_id: str,
     error: HL7Error,
+    retry_of: HL7Message | None = None,
 ) -> ImportResult:
-    """Store the REJECTED row, unless an identical rejection is stored already."""
+    """Store the REJECTED row, unless an identical rejection is stored already.
+
+    A retried row keeps its place in the list and gets the new reason.
+    """
     message_type = message_type[: _max_length(HL7Message, "message_type")]
     control_id = control_id[: _max_length(HL7Message, "control_id")]
-    row, created = HL7Message.objects.get_or_create(
-        status=HL7Message.Status.REJECTED,
-        control_id=control_id,
-        raw=text,
-        error=error.reason,
-        defaults={"message_type": message_type, "source_name": source_name},
-    )
+    facility = read_sending_facility(text)[
+        : _max_length(HL7Message, "sending_facility")
+    ]
+    if retry_of is not None:
+        retry_of.error = error.reason
+        retry_of.retried_at = timezone.now()
+        retry_of.save(update_fields=["error", "retried_at"])
+        row, created = retry_of, False
+    else:
+        row, created = HL7Message.objects.get_or_create(
+            status=HL7Message.Status.REJECTED,
+            control_id=control_id,
+            raw=text,
+            error=error.reason,
+            defaults={
+                "message_type": message_type,
+                "source_name": source_name,
+                "sending_facility": facility,
+            },
+        )
     logger.warning(
-        "Rejected HL7 message %s (%s) at %s, stored as HL7 message %d%s",
+        "Rejected HL7 message %s (%s) at %s with %s, stored as HL7 message %d%s",
         control_id or "-",
         message_type or "-",
         error.field or "-",
+        error.ack_code,
         row.pk,
         "" if created else " earlier",
     )
-    return ImportResult("rejected", control_id, message_type, error.reason)
+    return ImportResult(
+        "rejected",
+        control_id,
+        message_type,
+        error.reason,
+        error_field=error.field,
+        ack_code=error.ack_code,
+    )
 
 
 def _quarantine(path: Path, problem: str) -> ImportResult:
@@ -267,7 +370,10 @@ def _quarantine(path: Path, problem: str) -> ImportResult:
     row = quarantine_file(path, QuarantinedFile.Kind.HL7, reason, move=False)
     logger.warning("Quarantined HL7 input as quarantined file %d: %s", row.pk, problem)
     return ImportResult(
-        "rejected", error=f"{reason}; copied to {row.path}", quarantined=True
+        "rejected",
+        error=f"{reason}; copied to {row.path}",
+        ack_code="AR",
+        quarantined=True,
     )
 
 
@@ -649,6 +755,10 @@ def _import_report(context: _Context) -> _Changes:
             f"{', '.join(TEXT_VALUE_TYPES)} has an OBX-5",
             "OBX-5",
         )
+    if _is_addendum(message):
+        text = _append_addendum(exam, text)
+        if status == ReportVersion.Status.FINAL:
+            status = ReportVersion.Status.CORRECTED
     if ReportVersion.objects.filter(message_control_id=message.control_id).exists():
         raise HL7Error(
             "MSH-10 message control ID is already used by a report version "
@@ -738,16 +848,103 @@ def _read_radiologist(obr: Segment) -> str:
 def _read_report_text(message: Message) -> str:
     """Join OBX-5 of the text OBX segments, one line per value, in order."""
     lines = []
-    for obx in message.find("OBX"):
-        if obx.get(2).upper() in TEXT_VALUE_TYPES:
-            lines += ["" if text == HL7_NULL else text for text in obx.texts(5)]
+    for obx in _text_observations(message):
+        lines += ["" if text == HL7_NULL else text for text in obx.texts(5)]
     return "\n".join(lines)
+
+
+def _text_observations(message: Message) -> list[Segment]:
+    return [
+        obx for obx in message.find("OBX") if obx.get(2).upper() in TEXT_VALUE_TYPES
+    ]
+
+
+def _is_addendum(message: Message) -> bool:
+    """Return whether every text OBX has ADDENDUM as OBX-3 code or text.
+
+    A message that also carries other report text is a whole report, and
+    replaces the stored one like any corrected report.
+    """
+    observations = _text_observations(message)
+    return bool(observations) and all(
+        ADDENDUM_IDENTIFIER in (obx.get(3, 1).upper(), obx.get(3, 2).upper())
+        for obx in observations
+    )
+
+
+def _append_addendum(exam: Exam, addendum: str) -> str:
+    """Return the last signed report of the exam followed by the addendum."""
+    previous = (
+        exam.report_versions.filter(status__in=SIGNED_STATUSES)
+        .order_by("received_at", "pk")
+        .last()
+    )
+    if previous is None:
+        raise HL7Error(
+            "addendum (OBX-3 ADDENDUM) for an exam without a signed report; "
+            "send the final report first",
+            "OBX-3",
+        )
+    if not addendum.lstrip().upper().startswith(ADDENDUM_IDENTIFIER):
+        addendum = f"ADDENDUM:\n{addendum}"
+    return f"{previous.text}\n\n{addendum}"
+
+
+# Merges (ADT^A40)
+
+
+def _merge_patient(context: _Context) -> _Changes:
+    """Merge the patient of MRG-1 into the patient of PID-3.
+
+    PID describes the surviving patient and is applied like an A08, so the
+    surviving MRN may be new. The prior patient must exist. A resend after
+    the merge is a duplicate, so it is not rejected for a missing MRG-1.
+    """
+    message = context.message
+    pid = message.segment("PID")
+    mrg = message.segment("MRG")
+    count = len(message.find("MRG"))
+    if count > 1:
+        raise HL7Error(
+            f"ADT^A40 contains {count} MRG segments, but only one merge per "
+            "message is supported",
+            "MRG",
+        )
+    prior_mrn = mrg.required(1, "prior patient identifier list")
+    if prior_mrn == _read_mrn(pid):
+        raise HL7Error("MRG-1 prior patient ID is the same as PID-3", "MRG-1")
+    prior = (
+        Patient.objects.select_for_update()
+        .filter(group=context.group, mrn=prior_mrn)
+        .first()
+    )
+    if prior is None:
+        raise HL7Error(
+            "MRG-1 prior patient ID was not found in imaging group "
+            f"'{context.group.slug}'",
+            "MRG-1",
+        )
+
+    surviving = _save_patient(context, pid)
+    try:
+        result = merge_patients(
+            prior, surviving, actor_kind=ACTOR_KIND, actor_id=context.row.pk
+        )
+    except MergeConflict as error:
+        raise HL7Error(
+            f"MRG-1 prior patient cannot be merged: {error}", "MRG-1"
+        ) from error
+    return _Changes(patient_id=surviving.pk, exam_ids=result.exam_ids)
 
 
 HANDLERS: dict[str, Callable[[_Context], _Changes]] = {
     "ADT^A04": _import_patient,
     "ADT^A08": _import_patient,
+    "ADT^A40": _merge_patient,
     "ORM^O01": _import_order,
+    # OMI^O23 (imaging order, HL7 v2.5) carries the same ORC and OBR fields
+    # as ORM^O01; its TQ1 and IPC segments are not read.
+    "OMI^O23": _import_order,
     "ORU^R01": _import_report,
 }
 

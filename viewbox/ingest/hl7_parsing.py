@@ -69,6 +69,11 @@ class HL7Error(ValueError):
     from the message, so it is safe to log.
     """
 
+    # MSA-1 acknowledgment code (HL7 table 0008) for this error: AR (reject)
+    # for a message that cannot be read or is not supported, AE (error) for
+    # one that was read but whose content cannot be applied.
+    ack_code = "AR"
+
     def __init__(self, reason: str, field: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
@@ -357,6 +362,20 @@ def read_header_labels(text: str) -> tuple[str, str]:
     return "^".join(message_type.split(component)[:2]), control_id
 
 
+def read_sending_facility(text: str) -> str:
+    """Return the first component of MSH-4 as far as it can be read, or "".
+
+    This never raises. It scopes the control ID of a rejected message.
+    """
+    header = text.split("\r", 1)[0]
+    if not _is_segment(header, {"MSH"}) or len(header) < 5:
+        return ""
+    fields = header.split(header[3])
+    component = fields[1][:1] or "^"
+    facility = fields[3] if len(fields) > 3 else ""
+    return facility.split(component)[0].strip()
+
+
 def unescape(value: str, encoding: EncodingCharacters, codec: str | None) -> str:
     r"""Decode HL7 escape sequences.
 
@@ -383,6 +402,24 @@ def unescape(value: str, encoding: EncodingCharacters, codec: str | None) -> str
         position = end + 1
     decoded.append(value[position:])
     return "".join(decoded)
+
+
+def escape(value: str, encoding: EncodingCharacters | None = None) -> str:
+    r"""Encode text for one field of a message that this program writes.
+
+    Separators become \F\ \S\ \T\ \R\ \E\ and line breaks \.br\.
+    """
+    encoding = encoding or EncodingCharacters()
+    value = value.replace(encoding.escape, f"{encoding.escape}E{encoding.escape}")
+    for code, character in (
+        ("F", encoding.field),
+        ("S", encoding.component),
+        ("T", encoding.subcomponent),
+        ("R", encoding.repetition),
+    ):
+        value = value.replace(character, f"{encoding.escape}{code}{encoding.escape}")
+    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return f"{encoding.escape}.br{encoding.escape}".join(lines)
 
 
 def parse_timestamp(value: str, zone: tzinfo) -> datetime:

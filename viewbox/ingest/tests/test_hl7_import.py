@@ -298,8 +298,9 @@ class TestUnsupportedMessageType:
 
         assert result.error == (
             "MSH-9 unsupported message type 'ADT^A01' "
-            "(supported: ADT^A04, ADT^A08, ORM^O01, ORU^R01)"
+            "(supported: ADT^A04, ADT^A08, ADT^A40, ORM^O01, OMI^O23, ORU^R01)"
         )
+        assert result.ack_code == "AR"
         assert stored_rows() == before
 
 
@@ -1094,15 +1095,21 @@ class TestRepeatedImport:
         assert stored_rows() == before
         assert list(HL7Message.objects.order_by("pk").values()) == messages_before
 
-    def test_duplicate_changes_nothing_even_with_other_content(
-        self, alice_order
-    ) -> None:
+    def test_same_control_id_with_other_content_is_rejected(self, alice_order) -> None:
         before = stored_rows()
+        first = HL7Message.objects.get()
 
         result = import_message(orm("SETUP-0001", status="CM"))
 
-        assert result.status == "duplicate"
+        assert result.status == "rejected"
+        assert result.ack_code == "AR"
+        assert result.error_field == "MSH-10"
+        assert result.error == (
+            f"MSH-10 message control ID was already processed as HL7 message "
+            f"{first.pk} with other content; send a change with a new control ID"
+        )
         assert stored_rows() == before
+        assert rejected_row().raw == orm("SETUP-0001", status="CM")
 
     def test_rejected_message_may_be_sent_again(self, california) -> None:
         unknown = segment("PV1", {1: "1", 2: "O", 3: "RLA-WESTLO"})
@@ -1120,8 +1127,10 @@ class TestRepeatedImport:
 
         assert result.status == "processed"
         assert Exam.objects.get().visit.location.ris_code == "RLA-WESTLO"
-        statuses = HL7Message.objects.order_by("pk").values_list("status", flat=True)
-        assert list(statuses) == ["rejected", "processed"]
+        rejected, processed = HL7Message.objects.order_by("pk")
+        assert processed.status == HL7Message.Status.PROCESSED
+        assert rejected.status == HL7Message.Status.RESOLVED
+        assert rejected.resolved_by == processed
 
     def test_other_facility_is_no_duplicate(self, california, maryland) -> None:
         import_message(adt("A04", "MSG1901"))

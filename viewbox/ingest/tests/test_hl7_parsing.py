@@ -8,10 +8,12 @@ from viewbox.ingest.hl7_parsing import (
     EncodingCharacters,
     HL7Error,
     NotHL7Error,
+    escape,
     parse_date,
     parse_message,
     parse_timestamp,
     read_header_labels,
+    read_sending_facility,
     split_file,
     split_messages,
     unescape,
@@ -289,6 +291,41 @@ class TestSegmentValues:
         assert segment.timestamp(7, "observation date/time", UTC) is None
         assert segment.timestamp(8, "observation end date/time", UTC) is None
         assert segment.date(9, "date") is None
+
+
+class TestEscape:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("a|b", "a\\F\\b"),
+            ("a^b", "a\\S\\b"),
+            ("a&b", "a\\T\\b"),
+            ("a~b", "a\\R\\b"),
+            ("a\\b", "a\\E\\b"),
+            ("line one\nline two\r\nthree", "line one\\.br\\line two\\.br\\three"),
+            ("plain text", "plain text"),
+        ],
+    )
+    def test_separator_is_escaped(self, text: str, expected: str) -> None:
+        assert escape(text) == expected
+
+    def test_escaped_text_unescapes_to_the_original(self) -> None:
+        text = "3|4 cm ^ left & right ~ \\ note"
+
+        assert unescape(escape(text), ENCODING, None) == text
+
+
+class TestReadSendingFacility:
+    def test_first_component_of_msh_4(self) -> None:
+        assert (
+            read_sending_facility(HEADER.replace("|RLA|", "|RLA^1.2.3^ISO|")) == "RLA"
+        )
+
+    def test_text_without_msh_gives_empty(self) -> None:
+        assert read_sending_facility("PID|1||MRN1001") == ""
+
+    def test_short_header_gives_empty(self) -> None:
+        assert read_sending_facility("MSH|^~\\&|RIS") == ""
 
 
 class TestUnescape:

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.messages.storage.fallback import FallbackStorage
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.db import transaction
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -21,6 +22,7 @@ from viewbox.audit.models import AuditEvent
 from viewbox.conftest import add_report, make_exam, make_patient, sign_in_with_icode
 from viewbox.downloads.models import Package
 from viewbox.downloads.tests.test_download_views import import_ct
+from viewbox.ingest.patient_merge import merge_patients
 from viewbox.records.models import Exam, Instance
 from viewbox.sharing.actions import hash_token
 from viewbox.sharing.models import ShareAccess, ShareLink
@@ -814,3 +816,22 @@ class TestStaff:
         model_admin = admin.site._registry[ShareLink]
         assert "nickname" not in model_admin.list_display
         assert "nickname" not in model_admin.fields
+
+
+@pytest.mark.django_db(transaction=True)
+class TestPatientMerge:
+    def test_links_follow_their_patient_into_a_merge(
+        self, patient, records, maryland
+    ) -> None:
+        url = create_link(patient, [records["shared"]])
+        surviving = make_patient(
+            maryland, "DEMO-2002", "Barbara", "Sample", date(1975, 9, 30)
+        )
+        with transaction.atomic():
+            merge_patients(
+                records["barbara"], surviving, actor_kind="hl7", actor_id="1"
+            )
+        assert ShareLink.objects.get().patient_id == surviving.pk
+        recipient = open_as_recipient(url)
+        summary = reverse("viewer:exam_summary", args=[records["shared"].public_id])
+        assert recipient.get(summary).status_code == 200

@@ -9,7 +9,8 @@ import re
 import zlib
 
 _STREAM = re.compile(rb"stream\r?\n(.*?)endstream", re.S)
-_SHOWN_TEXT = re.compile(rb"\(((?:[^()\\]|\\.)*)\)\s*Tj")
+# A shown string, or an operator that starts a new line of text.
+_TEXT_TOKEN = re.compile(rb"\(((?:[^()\\]|\\.)*)\)\s*Tj|\b(T\*|Td|TD|Tm|ET)\b")
 _RECTANGLE = re.compile(rb"(-?[\d.]+) (-?[\d.]+) (-?[\d.]+) (-?[\d.]+) re")
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"(": b"(", b")": b")", b"\\": b"\\"}
 
@@ -30,18 +31,21 @@ def content_streams(pdf: bytes) -> list[bytes]:
 def _unescape(literal: bytes) -> str:
     out = re.sub(
         rb"\\([0-7]{1,3}|.)",
-        lambda m: bytes([int(m[1], 8)]) if m[1][:1].isdigit() else _ESCAPES.get(m[1], m[1]),
+        lambda m: (
+            bytes([int(m[1], 8)]) if m[1][:1].isdigit() else _ESCAPES.get(m[1], m[1])
+        ),
         literal,
     )
     return out.decode("cp1252")
 
 
 def page_text(pdf: bytes) -> str:
-    """Return every shown string, one per line, in drawing order."""
-    lines = []
+    """Return the shown text in drawing order, a line break between lines."""
+    pieces = []
     for stream in content_streams(pdf):
-        lines += [_unescape(match) for match in _SHOWN_TEXT.findall(stream)]
-    return "\n".join(lines)
+        for shown, operator in _TEXT_TOKEN.findall(stream):
+            pieces.append("\n" if operator else _unescape(shown))
+    return re.sub(r"\n+", "\n", "".join(pieces)).strip()
 
 
 def rectangles(pdf: bytes) -> list[tuple[float, float, float, float]]:

@@ -1,4 +1,5 @@
-"""Front desk actions: print Portal Pass codes, answer Get Help, attach images.
+"""Front desk actions: print Portal Pass codes, decide Get Help requests,
+attach images.
 
 Each action saves its change, writes the audit row with the staff member's
 id and queues any email.
@@ -131,12 +132,12 @@ def submit_help_request(
 def approve_help_request(staff: User, help_request_id: int, portal_url: str) -> ICode:
     """Renew the typed I-Code for ``ICODE_VALID_DAYS`` from now, and email.
 
-    Raise NotPending when the request was already answered, and NoMatch when
+    Raise NotPending when the request was already decided, and NoMatch when
     the code, name and date of birth do not all match one I-Code's visit.
     """
     now = timezone.now()
     with transaction.atomic():
-        # The row lock stops two staff members from answering one request.
+        # The row lock stops two staff members from deciding one request twice.
         help_request = HelpRequest.objects.select_for_update().get(pk=help_request_id)
         if help_request.status != HelpRequest.Status.PENDING:
             raise NotPending(help_request_id)

@@ -6,7 +6,7 @@ from viewbox.frontdesk.models import HelpRequest, StaffDevice
 
 @admin.register(HelpRequest)
 class HelpRequestAdmin(admin.ModelAdmin):
-    """Every Get Help request and its answer; staff answer on the front desk page."""
+    """Every Get Help request and its decision. Staff decide on the front desk page."""
 
     list_display = [
         "pk",

@@ -1,4 +1,4 @@
-"""Get Help: the portal form where someone with an expired I-Code asks for a renewal."""
+"""Get Help: the portal form that requests the renewal of an expired I-Code."""
 
 import logging
 
@@ -24,8 +24,8 @@ def get_help(request: HttpRequest, group_slug: str, location_slug: str) -> HttpR
     if request.method == "POST" and form.is_valid():
         address = client_address(request)
         keys = {"help-client": throttle.bucket_key(address or "")}
-        # Past the limit nothing is stored, but the answer is the same, so
-        # that it tells nothing about codes or limits.
+        # Past the limit nothing is stored, but the response is the same, so
+        # that it reveals nothing about codes or limits.
         if throttle.locked_buckets(settings.GET_HELP_THROTTLE, keys):
             logger.warning("Get Help request dropped: limit reached for a client")
         else:

@@ -23,8 +23,8 @@ from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, T
 
 from viewbox.records.models import Exam, Visit
 
-# Light modules around the symbol; the QR code standard (ISO/IEC 18004)
-# asks for 4.
+# Light modules around the symbol. The QR code standard (ISO/IEC 18004)
+# specifies 4.
 QR_QUIET_ZONE_MODULES = 4
 QR_SIDE = 1.6 * inch
 

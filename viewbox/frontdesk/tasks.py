@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 @task()
 def send_help_answer(help_request_id: int, portal_url: str) -> None:
-    """Email the answer to a Get Help request, in the language it was sent in.
+    """Email the decision on a Get Help request, in the language it was sent in.
 
     The email says whether the I-Code works again and until when, or to call
     the imaging center. It names neither the patient nor the imaging group
@@ -38,4 +38,4 @@ def _send_help_answer(help_request: HelpRequest, portal_url: str) -> None:
     text = render_to_string(f"{template}.txt", context)
     html = render_to_string(f"{template}.html", context)
     send_mail(subject, text, None, [help_request.email], html_message=html)
-    logger.info("Sent the answer to Get Help request %d", help_request.pk)
+    logger.info("Sent the decision on Get Help request %d", help_request.pk)

@@ -1,5 +1,6 @@
 """Staff pages of the front desk: find a visit and print its Portal Pass,
-answer Get Help requests, and attach images that wait for their order.
+approve or decline Get Help requests, and attach images that wait for
+their order.
 
 Search terms travel in POST bodies, never in URLs, because names and dates
 of birth are health information.

@@ -126,9 +126,7 @@ class TestCodeStep:
         assert response.status_code == 400
         assert second.get("/staff/").status_code == 302
 
-    def test_code_of_an_earlier_step_is_rejected_after_a_later_one(
-        self, device, frozen
-    ) -> None:
+    def test_earlier_step_after_later_is_rejected(self, device, frozen) -> None:
         first = Client()
         log_in(first, PASSWORD)
         assert send_code(first, current_code(device, offset=1)).status_code == 302

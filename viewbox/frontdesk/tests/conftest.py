@@ -5,9 +5,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.test import Client
 
-from viewbox.conftest import make_exam, make_patient
+from viewbox.conftest import log_in_verified_staff, make_exam, make_patient
 from viewbox.directory.models import Location
-from viewbox.frontdesk.two_factor import SESSION_VERIFIED
 from viewbox.records.models import Exam
 
 STAFF_PASSWORD = "correct horse battery staple"
@@ -24,10 +23,7 @@ def staff_member(db: None) -> User:
 def staff_client(staff_member: User) -> Client:
     """A client of a staff member who passed the password and the TOTP code."""
     client = Client()
-    client.force_login(staff_member)
-    session = client.session
-    session[SESSION_VERIFIED] = staff_member.pk
-    session.save()
+    log_in_verified_staff(client, staff_member)
     return client
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -82,8 +83,14 @@ def _visit_or_404(visit_id: int) -> Visit:
 @staff_required
 def visit_detail(request: HttpRequest, visit_id: int) -> HttpResponse:
     visit = _visit_or_404(visit_id)
-    form = PrintPassForm(exams=visit.exams.order_by("accession_number"))
+    form = PrintPassForm(exams=_printable_exams(visit))
     return _render(request, "frontdesk/visit.html", _visit_context(visit, form))
+
+
+def _printable_exams(visit: Visit) -> QuerySet[Exam]:
+    """Return the exams a pass can open: all but the cancelled ones."""
+    exams = visit.exams.exclude(status=Exam.Status.CANCELLED)
+    return exams.order_by("accession_number")
 
 
 def _visit_context(visit: Visit, form: PrintPassForm) -> dict[str, Any]:
@@ -100,7 +107,7 @@ def _visit_context(visit: Visit, form: PrintPassForm) -> dict[str, Any]:
 def print_pass(request: HttpRequest, visit_id: int) -> HttpResponse:
     """Issue new I-Codes and return the pass; the codes exist only in this PDF."""
     visit = _visit_or_404(visit_id)
-    form = PrintPassForm(request.POST, exams=visit.exams.order_by("accession_number"))
+    form = PrintPassForm(request.POST, exams=_printable_exams(visit))
     if not form.is_valid():
         return _render(
             request, "frontdesk/visit.html", _visit_context(visit, form), 400

@@ -150,6 +150,28 @@ class TestCodeStep:
         response = send_code(client, current_code(device))
         assert response.status_code == 429
 
+    def test_page_asked_for_opens_after_the_code(self, device, frozen) -> None:
+        client = Client()
+        client.post(
+            "/staff/login/?next=/staff/frontdesk/",
+            {"username": "front.desk", "password": PASSWORD},
+        )
+        response = send_code(client, current_code(device))
+        assert response["Location"] == "/staff/frontdesk/"
+
+    def test_outside_page_is_not_followed(self, device, frozen) -> None:
+        client = Client()
+        client.post(
+            "/staff/login/",
+            {
+                "username": "front.desk",
+                "password": PASSWORD,
+                "next": "https://attacker.example/",
+            },
+        )
+        response = send_code(client, current_code(device))
+        assert response["Location"] == "/staff/"
+
     def test_right_code_logs_in(self, device, frozen) -> None:
         client = Client()
         log_in(client, PASSWORD)

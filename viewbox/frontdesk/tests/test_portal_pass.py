@@ -71,6 +71,14 @@ class TestPrintPass:
         assert response.status_code == 400
         assert not ICode.objects.exists()
 
+    def test_cancelled_exam_is_rejected(self, staff_client, exam, california):
+        cancelled = make_exam(
+            exam.visit.patient, california, "ACC-FD-8", status="cancelled"
+        )
+        response = print_pass(staff_client, exam.visit_id, [cancelled])
+        assert response.status_code == 400
+        assert not ICode.objects.exists()
+
     def test_pdf_is_a_private_attachment(self, staff_client, exam) -> None:
         response = print_pass(staff_client, exam.visit_id, [exam])
         assert response.status_code == 200

@@ -1,6 +1,6 @@
 """The second step of the staff log-in: enrolment and checking of TOTP codes.
 
-Between the password step and the code step the session holds only the id
+Between the password step and the code step the session contains only the id
 of the staff member who typed the right password. Django logs the user in
 after the code, so nothing in the admin or the front desk opens before it.
 """
@@ -25,7 +25,7 @@ SESSION_PENDING_AT = "staff_pending_at"
 SESSION_PENDING_BACKEND = "staff_pending_backend"
 SESSION_PENDING_NEXT = "staff_pending_next"
 SESSION_VERIFIED = "staff_verified_user"
-# Time between the password step and the code step, in seconds.
+# Maximum time between the password step and the code step, in seconds.
 PENDING_SECONDS = 5 * 60
 ISSUER = "Viewbox staff"
 
@@ -65,7 +65,7 @@ def pending_user(request: HttpRequest) -> User | None:
 
 
 def clear_pending(request: HttpRequest) -> tuple[str, str]:
-    """Forget the password step; return its backend and the page to go to."""
+    """Forget the password step. Return its backend and the page to go to."""
     backend = request.session.get(SESSION_PENDING_BACKEND, "")
     next_url = request.session.get(SESSION_PENDING_NEXT, "")
     for key in (
@@ -83,7 +83,7 @@ def confirmed_device(user: User) -> StaffDevice | None:
 
 
 def enrolment_device(user: User) -> StaffDevice:
-    """Return the user's unconfirmed device, creating it with a new secret."""
+    """Return the user's device, creating an unconfirmed one with a new secret."""
     device, _ = StaffDevice.objects.get_or_create(
         user=user,
         defaults={"secret": totp.generate_secret(), "created_at": timezone.now()},

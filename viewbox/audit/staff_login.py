@@ -84,6 +84,10 @@ def _render_step(
 @require_http_methods(["GET", "POST"])
 def staff_log_in(request: HttpRequest) -> HttpResponse:
     """Check the password, then send the staff member to the code step."""
+    next_url = request.POST.get("next") or request.GET.get("next", "")
+    if request.method == "GET" and two_factor.is_verified_staff(request):
+        return redirect(_safe_next(request, next_url))
+
     address = client_address(request)
     username = request.POST.get("username", "") if request.method == "POST" else ""
     keys = _throttle_keys(request, username)
@@ -94,7 +98,6 @@ def staff_log_in(request: HttpRequest) -> HttpResponse:
     form = AdminAuthenticationForm(
         request, data=request.POST if request.method == "POST" else None
     )
-    next_url = request.POST.get("next") or request.GET.get("next", "")
     if request.method == "POST" and form.is_valid():
         user = form.get_user()
         two_factor.start_pending(request, user, _safe_next(request, next_url))

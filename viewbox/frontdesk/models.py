@@ -36,6 +36,9 @@ class HelpRequest(models.Model):
     stored as, so that staff can match it without ever seeing a code.
     """
 
+    # NOTE: decided requests keep the typed name, date of birth and email;
+    # nothing deletes them yet, so a retention period is still to be set.
+
     class Status(models.TextChoices):
         PENDING = "pending", _("Waiting")
         APPROVED = "approved", _("Approved")

@@ -31,7 +31,11 @@ View = Callable[..., HttpResponse]
 
 
 def staff_required(view: View) -> View:
-    """Send anyone but a staff member who passed both log-in steps to log in."""
+    """Send anyone but a staff member who passed both log-in steps to log in.
+
+    NOTE: every such staff member may use every front desk page; no Django
+    permission narrows it down yet.
+    """
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

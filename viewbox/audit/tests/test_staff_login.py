@@ -172,6 +172,13 @@ class TestCodeStep:
         response = send_code(client, current_code(device))
         assert response["Location"] == "/staff/"
 
+    def test_logged_in_staff_skip_the_log_in_page(self, device, frozen) -> None:
+        client = Client()
+        log_in(client, PASSWORD)
+        send_code(client, current_code(device))
+        response = client.get("/staff/login/?next=/staff/frontdesk/")
+        assert response["Location"] == "/staff/frontdesk/"
+
     def test_right_code_logs_in(self, device, frozen) -> None:
         client = Client()
         log_in(client, PASSWORD)

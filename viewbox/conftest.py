@@ -15,6 +15,7 @@ from viewbox.access.actions import issue_icode
 from viewbox.accounts.mail_catcher import MailCatcher
 from viewbox.browser_fixtures import browser, demo_site  # noqa: F401 (fixtures)
 from viewbox.directory.models import ImagingGroup, Location, State
+from viewbox.frontdesk.two_factor import SESSION_VERIFIED
 from viewbox.records.models import Exam, Patient, ReportVersion, Visit
 
 
@@ -105,6 +106,14 @@ def sign_in_with_icode(client: Client, exam: Exam) -> None:
         },
     )
     assert response.status_code == 302
+
+
+def log_in_verified_staff(client: Client, user: Any) -> None:
+    """Log a staff user in as if they had typed the password and a TOTP code."""
+    client.force_login(user)
+    session = client.session
+    session[SESSION_VERIFIED] = user.pk
+    session.save()
 
 
 def make_patient(

@@ -77,7 +77,7 @@ ALLOWED_HOSTS = os.environ.get("VIEWBOX_ALLOWED_HOSTS", "127.0.0.1,localhost").s
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "viewbox.frontdesk.admin_apps.StaffAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "viewbox.audit",
     "viewbox.ingest",
     "viewbox.viewer",
+    "viewbox.frontdesk",
 ]
 
 MIDDLEWARE = [
@@ -279,6 +280,14 @@ ICODE_THROTTLE = {
 RENDER_TILE_EDGE = 256
 RENDER_VIEW_EDGES = (512, 1024, 2048)
 RENDER_JPEG_QUALITY = 85
+
+# Front desk: staff passwords of at least 12 characters (patients keep the
+# general minimum), and the Get Help form's limit per client address, which
+# counts every request because each one reaches staff.
+AUTH_PASSWORD_VALIDATORS += [
+    {"NAME": "viewbox.frontdesk.passwords.StaffMinimumLengthValidator"}
+]
+GET_HELP_THROTTLE = {"help-client": {"limit": 5, "window_minutes": 60}}
 
 # Behind a TLS-terminating proxy, the proxy passes the scheme in
 # X-Forwarded-Proto and the client in X-Forwarded-For. Both headers are

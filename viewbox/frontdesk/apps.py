@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class FrontDeskConfig(AppConfig):
+    name = "viewbox.frontdesk"
+    label = "frontdesk"

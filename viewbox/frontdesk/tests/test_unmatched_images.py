@@ -1,0 +1,72 @@
+import uuid
+from datetime import date
+
+import pytest
+from django.urls import reverse
+
+from viewbox.audit.models import AuditEvent
+from viewbox.records.models import Study
+
+
+@pytest.fixture
+def waiting_study(db: None) -> Study:
+    return Study.objects.create(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        accession_number="ACC-TYPO-1",
+        patient_id="MRN-UNKNOWN",
+        study_date=date(2026, 11, 20),
+    )
+
+
+@pytest.mark.django_db
+class TestUnmatchedImages:
+    def test_list_shows_only_waiting_studies(self, staff_client, waiting_study, exam):
+        Study.objects.create(
+            study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+            accession_number="ACC-MATCHED",
+            exam=exam,
+        )
+        response = staff_client.get(reverse("frontdesk:unmatched_images"))
+        assert b"ACC-TYPO-1" in response.content
+        assert b"ACC-MATCHED" not in response.content
+
+    def test_unknown_accession_lists_no_exam(self, staff_client, waiting_study):
+        url = reverse("frontdesk:choose_exam", args=[waiting_study.pk])
+        response = staff_client.post(url, {"accession_number": "NOPE"})
+        assert b"No exam has this accession number." in response.content
+
+    def test_accession_lists_the_exam_to_choose(
+        self, staff_client, waiting_study, exam
+    ) -> None:
+        url = reverse("frontdesk:choose_exam", args=[waiting_study.pk])
+        response = staff_client.post(url, {"accession_number": " ACC-FD-1 "})
+        assert b"Fiona Testpatient (MRN-FD-1)" in response.content
+        assert str(exam.public_id).encode() in response.content
+
+    def test_invalid_exam_id_is_not_found(self, staff_client, waiting_study) -> None:
+        url = reverse("frontdesk:attach_images", args=[waiting_study.pk])
+        for value in ["not-a-uuid", str(uuid.uuid4())]:
+            assert staff_client.post(url, {"exam": value}).status_code == 404
+        waiting_study.refresh_from_db()
+        assert waiting_study.exam is None
+
+    def test_attached_study_cannot_be_attached_again(
+        self, staff_client, waiting_study, exam
+    ) -> None:
+        Study.objects.filter(pk=waiting_study.pk).update(exam=exam)
+        url = reverse("frontdesk:attach_images", args=[waiting_study.pk])
+        response = staff_client.post(url, {"exam": str(exam.public_id)})
+        assert response.status_code == 404
+
+    def test_attach_moves_the_study_to_the_exam(
+        self, staff_client, staff_member, waiting_study, exam
+    ) -> None:
+        url = reverse("frontdesk:attach_images", args=[waiting_study.pk])
+        response = staff_client.post(url, {"exam": str(exam.public_id)}, follow=True)
+        assert b"The images are attached to the exam." in response.content
+        waiting_study.refresh_from_db()
+        assert waiting_study.exam == exam
+        event = AuditEvent.objects.get(action="images.attach")
+        assert event.actor_kind == "staff"
+        assert event.actor_id == str(staff_member.pk)
+        assert event.exam_id == exam.pk

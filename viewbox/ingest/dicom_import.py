@@ -8,13 +8,14 @@ order arrives. Files that are not usable DICOM go to the quarantine.
 
 import hashlib
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 import pydicom
-from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from pydicom.dataset import FileDataset
@@ -33,6 +34,14 @@ _PIXEL_DATA = 0x7FE00010
 
 class UnusableDicomError(Exception):
     """The file cannot be stored. The message gives the reason, without patient data."""
+
+
+class DatasetMismatchError(UnusableDicomError):
+    """The data set's SOP Class or Instance UID differs from the one announced."""
+
+
+class ConflictingInstanceError(UnusableDicomError):
+    """The SOP Instance UID is already stored with other content."""
 
 
 @dataclass(frozen=True)
@@ -176,18 +185,85 @@ def _series_for(ds: FileDataset, study: Study) -> Series:
     return series
 
 
-def import_dicom_file(path: Path) -> DicomImportResult:
-    """Store one DICOM file; raise UnusableDicomError when it cannot be."""
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _store_durably(source: Path, name: str, *, move: bool) -> None:
+    """Place source at name in the default storage, on disk before returning.
+
+    The bytes reach the final name only by a rename, after an fsync, and the
+    folders are fsynced after it, so that a crash leaves either the whole
+    file there or nothing. With ``move`` the source is renamed when it is on
+    the same file system, else copied.
+    """
+    target = Path(default_storage.path(name))
+    new_folders = [
+        folder
+        for folder in (target.parent.parent, target.parent)
+        if not folder.exists()
+    ]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        if move:
+            try:
+                os.replace(source, partial)
+            except OSError:
+                shutil.copyfile(source, partial)
+        else:
+            shutil.copyfile(source, partial)
+        _fsync_path(partial)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    for folder in [target.parent, *(folder.parent for folder in new_folders)]:
+        _fsync_path(folder)
+
+
+def _check_announced_uids(
+    sop_class_uid: str, sop_instance_uid: str, announced: tuple[str, str]
+) -> None:
+    announced_class, announced_instance = announced
+    if sop_class_uid != announced_class:
+        raise DatasetMismatchError(
+            f"SOPClassUID {sop_class_uid!r} differs from the announced "
+            f"{announced_class!r}"
+        )
+    if sop_instance_uid != announced_instance:
+        raise DatasetMismatchError(
+            f"SOPInstanceUID {sop_instance_uid!r} differs from the announced "
+            f"{announced_instance!r}"
+        )
+
+
+def import_dicom_file(
+    path: Path, *, move: bool = False, announced: tuple[str, str] | None = None
+) -> DicomImportResult:
+    """Store one DICOM file; raise UnusableDicomError when it cannot be.
+
+    ``move`` lets the file be renamed into the storage instead of copied; it
+    is then gone from ``path`` when the result is "stored". ``announced`` is
+    the (SOP Class UID, SOP Instance UID) pair that a network peer announced
+    for the data set; DatasetMismatchError is raised when the file differs.
+    """
     ds = read_header(path)
     sop_instance_uid = _uid(ds, "SOPInstanceUID")
     sop_class_uid = _uid(ds, "SOPClassUID")
+    if announced is not None:
+        _check_announced_uids(sop_class_uid, sop_instance_uid, announced)
     sha256 = _sha256(path)
 
     existing = Instance.objects.filter(sop_instance_uid=sop_instance_uid).first()
     if existing is not None:
         if existing.sha256 == sha256:
             return DicomImportResult("duplicate", instance=existing)
-        raise UnusableDicomError(
+        raise ConflictingInstanceError(
             "SOPInstanceUID is already stored with different content; "
             "the stored file is kept"
         )
@@ -209,9 +285,8 @@ def import_dicom_file(path: Path) -> DicomImportResult:
             sha256=sha256,
         )
         # File names come from internal ids, never from tag values.
-        wanted = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
-        with path.open("rb") as stream:
-            instance.file = default_storage.save(wanted, File(stream))
+        instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+        _store_durably(path, instance.file, move=move)
         try:
             instance.save()
         except Exception:

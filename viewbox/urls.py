@@ -9,5 +9,6 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("viewbox.accounts.urls")),
     path("", include("viewbox.downloads.urls")),
+    path("", include("viewbox.ingest.urls")),
     path("", include("viewbox.viewer.urls")),
 ]

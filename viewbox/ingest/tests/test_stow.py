@@ -136,7 +136,7 @@ class TestStowBody:
         response = post(
             Client(),
             multipart(ct_file.read_bytes()),
-            content_type=f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}',
+            content_type=CONTENT_TYPE.replace("dicom", "dicom+xml"),
         )
         assert response.status_code == 415
 

@@ -268,8 +268,57 @@ def orthanc_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], int
         stop_process(process)
 
 
+def run_discarding_receiver(port: int) -> None:
+    """Serve Viewbox's AE with a C-STORE handler that stores nothing.
+
+    This is the floor that pynetdicom sets: the same association handling
+    and temporary files as the receiver, without validation, storage or
+    database work.
+    """
+    sys.path.insert(0, str(REPOSITORY))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "viewbox.settings")
+    import django
+
+    django.setup()
+    from pynetdicom import evt
+
+    from viewbox.ingest.dicom_receiver import STATUS_SUCCESS, build_application_entity
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server = build_application_entity().start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: STATUS_SUCCESS)],
+    )
+    stopping.wait()
+    server.shutdown()
+
+
+@contextmanager
+def discarding_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], int]]:
+    port = free_loopback_port()
+    env = {
+        **environment(),
+        "VIEWBOX_DATA_DIR": str(folder),
+        "VIEWBOX_DICOM_CALLING_AE_TITLES": SENDER_AE_TITLE,
+    }
+    process = subprocess.Popen(
+        [PYTHON, __file__, "--discarding-receiver", str(port)],
+        env=env,
+        preexec_fn=_end_with_parent,
+    )
+    try:
+        wait_for_port(port, process, "the discarding receiver")
+        # It stores nothing; the count is what storescu reported as sent.
+        yield port, lambda: INSTANCES, process.pid
+    finally:
+        stop_process(process)
+
+
 RECEIVERS: Final = {
     "Viewbox": ("VIEWBOX", viewbox_receiver),
+    "discard": ("VIEWBOX", discarding_receiver),
     "storescp": ("STORESCP", storescp_receiver),
     "Orthanc": ("ORTHANC", orthanc_receiver),
 }
@@ -311,6 +360,8 @@ def report(runs: list[Run], instance_bytes: int) -> None:
         f"{instance_bytes / 1e6:.2f} MB each, sent with storescu"
     )
     print(f"{'receiver':<10} {'associations':>12} {'seconds':>8} {'instances/s':>12}")
+    print("(discard: Viewbox's AE with a C-STORE handler that stores nothing)")
+
     for run in runs:
         print(
             f"{run.receiver:<10} {run.associations:>12} {run.seconds:>8.2f} "
@@ -357,11 +408,11 @@ def main() -> None:
         exam = root / "exam"
         exam.mkdir()
         files = write_exam(exam, INSTANCES)
-        one = [exam]
+        single = [exam]
         parallel = split(files, root, PARALLEL_ASSOCIATIONS)
         read_all(files)
         runs = []
-        for folders in (one, parallel):
+        for folders in (single, parallel):
             for receiver in RECEIVERS:
                 runs.append(measure(receiver, folders, root / "work"))
                 print(
@@ -372,5 +423,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    main()
+    if sys.argv[1:2] == ["--discarding-receiver"]:
+        run_discarding_receiver(int(sys.argv[2]))
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        main()

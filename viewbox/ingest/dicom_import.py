@@ -269,36 +269,43 @@ def import_dicom_file(
         )
 
     has_pixels = _PIXEL_DATA in ds
+    # The study and series rows are committed first, and the file is written
+    # and fsynced outside any transaction. Holding the study's row lock (or
+    # SQLite's write lock) through the fsyncs would make every other
+    # instance of the study wait for this one's disk writes.
     with transaction.atomic():
         study = _study_for(ds)
         series = _series_for(ds, study)
-        instance = Instance(
-            series=series,
-            sop_instance_uid=sop_instance_uid,
-            sop_class_uid=sop_class_uid,
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            instance_number=_integer(ds, "InstanceNumber"),
-            rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
-            columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
-            number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
-            size=path.stat().st_size,
-            sha256=sha256,
-        )
-        # File names come from internal ids, never from tag values.
-        instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
-        _store_durably(path, instance.file, move=move)
-        try:
+    instance = Instance(
+        series=series,
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        instance_number=_integer(ds, "InstanceNumber"),
+        rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
+        columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
+        number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
+        size=path.stat().st_size,
+        sha256=sha256,
+    )
+    # File names come from internal ids, never from tag values.
+    instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+    _store_durably(path, instance.file, move=move)
+    try:
+        with transaction.atomic():
             instance.save()
-        except Exception:
-            default_storage.delete(instance.file)
-            raise
-        record_event(
-            "images.import",
-            actor_kind="import",
-            patient_id=study.exam.visit.patient_id if study.exam else None,
-            exam_id=study.exam_id,
-        )
-        transaction.on_commit(lambda: render_previews.enqueue(instance.pk))
+            record_event(
+                "images.import",
+                actor_kind="import",
+                patient_id=study.exam.visit.patient_id if study.exam else None,
+                exam_id=study.exam_id,
+            )
+            # The task backend stores tasks in this database, so the task row
+            # is committed with the instance, in one commit instead of two.
+            render_previews.enqueue(instance.pk)
+    except BaseException:
+        default_storage.delete(instance.file)
+        raise
     if study.exam_id is None:
         logger.info("Stored instance %d in unmatched study %d", instance.pk, study.pk)
     return DicomImportResult("stored", instance=instance)

@@ -34,12 +34,12 @@ from viewbox.ingest.quarantine import quarantine_file
 
 logger = logging.getLogger(__name__)
 
-# PS3.4 Table B.2-1: C-STORE status codes of the Storage Service Class.
+# C-STORE status codes of the Storage Service Class (PS3.4 Annex B).
 STATUS_SUCCESS: Final = 0x0000
 STATUS_OUT_OF_RESOURCES: Final = 0xA700
 STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
 STATUS_CANNOT_UNDERSTAND: Final = 0xC000
-# PS3.7 section C.4.2: Error Comment (0000,0902) is LO, 64 characters.
+# Error Comment (0000,0902) has VR LO: at most 64 characters.
 _ERROR_COMMENT_LENGTH: Final = 64
 
 VERIFICATION_SOP_CLASS: Final = UID("1.2.840.10008.1.1")
@@ -126,6 +126,10 @@ TRANSFER_SYNTAXES: Final = tuple(
         "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
     )
 )
+
+# Largest P-DATA-TF PDU announced to senders, in bytes. One PDU at a time is
+# held in memory per association.
+_MAXIMUM_PDU_SIZE: Final = 1024 * 1024
 
 _SAFE_AE_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -225,6 +229,8 @@ def build_application_entity() -> AE:
     application_entity = AE(ae_title=settings.DICOM_AE_TITLE)
     application_entity.require_calling_aet = calling_ae_titles
     application_entity.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
+    # Larger PDUs mean fewer fragments, and fewer Python calls per instance.
+    application_entity.maximum_pdu_size = _MAXIMUM_PDU_SIZE
     application_entity.add_supported_context(VERIFICATION_SOP_CLASS)
     for sop_class in STORAGE_SOP_CLASSES:
         application_entity.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))

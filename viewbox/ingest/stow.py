@@ -34,7 +34,7 @@ from viewbox.ingest.quarantine import quarantine_file
 
 logger = logging.getLogger(__name__)
 
-# PS3.18 Table 10.5.3-1 and PS3.4 Annex B: Failure Reason (0008,1197) values.
+# Failure Reason (0008,1197) values, the status codes of PS3.4 Annex B.
 FAILURE_PROCESSING: Final = 0x0110
 FAILURE_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 FAILURE_OUT_OF_RESOURCES: Final = 0xA700

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, connection
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
@@ -163,13 +163,23 @@ def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None
     )
 
 
+def _drop_broken_connection() -> None:
+    # The connection is kept for the whole association: opening one per
+    # instance, and on SQLite the checkpoint when the last one closes, would
+    # cost more than storing the instance. Only a broken one is replaced.
+    if connection.connection is not None and (
+        connection.errors_occurred or not connection.is_usable()
+    ):
+        connection.close()
+
+
 def handle_store(event: Event) -> Dataset | int:
     """Store one received data set and return the C-STORE status."""
     path = event.dataset_path
     request = cast(C_STORE, event.request)
     calling_ae_title = event.assoc.requestor.ae_title
     announced = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
-    close_old_connections()
+    _drop_broken_connection()
     try:
         result = import_dicom_file(path, move=True, announced=announced)
     except DatasetMismatchError as error:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
 
 from viewbox.conftest import make_exam, make_patient, package_path
 from viewbox.ingest import dicom_import
@@ -204,6 +206,36 @@ class TestStorescu:
         retry = dcmtk("storescu", "127.0.0.1", receiver, path)
         assert retry.returncode == 0, retry.stderr
         assert Instance.objects.count() == 1
+
+
+class TestAnnouncedUids:
+    def test_mismatched_instance_uid_fails(
+        self, receiver, monkeypatch, tmp_path
+    ) -> None:
+        # dcmtk announces the UIDs of the data set itself; pynetdicom sending
+        # a file announces those of its File Meta Information instead.
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        ds = pydicom.dcmread(path)
+        announced = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = announced
+        ds.save_as(path)
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+        sender = AE(ae_title="STORESCU")
+        sender.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+        association = sender.associate("127.0.0.1", receiver, ae_title="VIEWBOX")
+        assert association.is_established
+        status = association.send_c_store(path)
+        association.release()
+
+        assert status.Status == 0xA900
+        assert Instance.objects.count() == 0
+        assert QuarantinedFile.objects.get().reason == (
+            f"SOPInstanceUID {ds.SOPInstanceUID!r} differs from the announced "
+            f"{announced!r}"
+        )
 
 
 class TestDcmsend:

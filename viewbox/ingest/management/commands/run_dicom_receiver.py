@@ -33,6 +33,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # pynetdicom logs every request at INFO. The receiver logs each
+        # association and each rejected instance itself.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         if connection.vendor == "sqlite":
             # In WAL mode a commit costs one fsync instead of the rollback
             # journal's several, and readers do not block the receiver's

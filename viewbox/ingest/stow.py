@@ -53,7 +53,7 @@ class ReadableStream(Protocol):
 
 
 class MalformedBodyError(Exception):
-    """The multipart body cannot be parsed; the message says where."""
+    """The multipart body cannot be parsed; the message describes the fault."""
 
 
 def token_is_valid(authorization: str) -> bool:

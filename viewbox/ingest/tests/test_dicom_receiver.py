@@ -173,7 +173,7 @@ class TestStorescu:
             DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
         )
         ds = pydicom.dcmread(path)
-        ds.Rows = 1024  # the pixel data now holds half the rows
+        ds.Rows = 1024  # the pixel data now contains half the rows
         ds.save_as(path)
         result = dcmtk("storescu", "-v", "127.0.0.1", receiver, path)
         assert "Received Store Response (Error: CannotUnderstand)" in result.stderr
@@ -320,6 +320,9 @@ class TestOrthanc:
                 [
                     "unshare",
                     "--net",
+                    # Without root, a user namespace grants the right to
+                    # bring up the new namespace's loopback interface.
+                    *([] if os.geteuid() == 0 else ["--map-root-user"]),
                     "--",
                     sys.executable,
                     str(Path(__file__).with_name("orthanc_push.py")),
@@ -342,3 +345,7 @@ class TestOrthanc:
         instances = Instance.objects.filter(series__study__study_instance_uid=study)
         assert instances.count() == 3
         assert {instance.series.study.exam for instance in instances} == {alice_exam}
+        assert {instance.transfer_syntax_uid for instance in instances} == {
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2.4.90",
+        }

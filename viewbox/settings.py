@@ -316,6 +316,29 @@ HL7_LISTENER_IDLE_TIMEOUT_SECONDS = int(
 )
 HL7_LISTENER_MAX_CONNECTIONS = int(os.environ.get("VIEWBOX_HL7_MAX_CONNECTIONS", "16"))
 
+# Images in: the DICOM receiver (C-STORE SCP, manage.py run_dicom_receiver)
+# and STOW-RS (POST /dicomweb/studies). The receiver accepts associations
+# only from the calling AE titles listed, and refuses to start when none is.
+# STOW-RS callers send "Authorization: Bearer TOKEN"; the settings hold only
+# the SHA-256 of each token (hex, comma-separated), never the token itself.
+DICOM_AE_TITLE = os.environ.get("VIEWBOX_DICOM_AE_TITLE", "VIEWBOX")
+DICOM_HOST = os.environ.get("VIEWBOX_DICOM_HOST", "127.0.0.1")
+DICOM_PORT = int(os.environ.get("VIEWBOX_DICOM_PORT", "11112"))
+DICOM_CALLING_AE_TITLES = [
+    title.strip()
+    for title in os.environ.get("VIEWBOX_DICOM_CALLING_AE_TITLES", "").split(",")
+    if title.strip()
+]
+DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "10"))
+STOW_TOKEN_SHA256 = [
+    digest.strip().lower()
+    for digest in os.environ.get("VIEWBOX_STOW_TOKEN_SHA256", "").split(",")
+    if digest.strip()
+]
+STOW_MAX_REQUEST_BYTES = int(
+    os.environ.get("VIEWBOX_STOW_MAX_REQUEST_BYTES", str(4 * 1024**3))
+)
+
 _log_handlers = ["console"]
 _handlers: dict[str, dict[str, str]] = {
     "console": {"class": "logging.StreamHandler", "formatter": "plain"}

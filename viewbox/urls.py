@@ -14,5 +14,6 @@ urlpatterns = [
     path("", include("viewbox.accounts.urls")),
     path("", include("viewbox.downloads.urls")),
     path("", include("viewbox.sharing.urls")),
+    path("", include("viewbox.ingest.urls")),
     path("", include("viewbox.viewer.urls")),
 ]

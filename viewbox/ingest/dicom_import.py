@@ -8,13 +8,14 @@ order arrives. Files that are not usable DICOM go to the quarantine.
 
 import hashlib
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 import pydicom
-from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from pydicom.dataset import FileDataset
@@ -33,6 +34,14 @@ _PIXEL_DATA = 0x7FE00010
 
 class UnusableDicomError(Exception):
     """The file cannot be stored. The message gives the reason, without patient data."""
+
+
+class DatasetMismatchError(UnusableDicomError):
+    """The data set's SOP Class or Instance UID differs from the one announced."""
+
+
+class ConflictingInstanceError(UnusableDicomError):
+    """The SOP Instance UID is already stored with other content."""
 
 
 @dataclass(frozen=True)
@@ -176,54 +185,127 @@ def _series_for(ds: FileDataset, study: Study) -> Series:
     return series
 
 
-def import_dicom_file(path: Path) -> DicomImportResult:
-    """Store one DICOM file; raise UnusableDicomError when it cannot be."""
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _store_durably(source: Path, name: str, *, move: bool) -> None:
+    """Place source at name in the default storage, on disk before returning.
+
+    The bytes reach the final name only by a rename, after an fsync, and the
+    folders are fsynced after it, so that a crash leaves either the whole
+    file there or nothing. With ``move`` the source is renamed when it is on
+    the same file system, else copied.
+    """
+    target = Path(default_storage.path(name))
+    new_folders = [
+        folder
+        for folder in (target.parent.parent, target.parent)
+        if not folder.exists()
+    ]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        if move:
+            try:
+                os.replace(source, partial)
+            except OSError:
+                shutil.copyfile(source, partial)
+        else:
+            shutil.copyfile(source, partial)
+        _fsync_path(partial)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    for folder in [target.parent, *(folder.parent for folder in new_folders)]:
+        _fsync_path(folder)
+
+
+def _check_announced_uids(
+    sop_class_uid: str, sop_instance_uid: str, announced: tuple[str, str]
+) -> None:
+    announced_class, announced_instance = announced
+    if sop_class_uid != announced_class:
+        raise DatasetMismatchError(
+            f"SOPClassUID {sop_class_uid!r} differs from the announced "
+            f"{announced_class!r}"
+        )
+    if sop_instance_uid != announced_instance:
+        raise DatasetMismatchError(
+            f"SOPInstanceUID {sop_instance_uid!r} differs from the announced "
+            f"{announced_instance!r}"
+        )
+
+
+def import_dicom_file(
+    path: Path, *, move: bool = False, announced: tuple[str, str] | None = None
+) -> DicomImportResult:
+    """Store one DICOM file; raise UnusableDicomError when it cannot be.
+
+    ``move`` lets the file be renamed into the storage instead of copied; it
+    is then gone from ``path`` when the result is "stored". ``announced`` is
+    the (SOP Class UID, SOP Instance UID) pair that a network peer announced
+    for the data set; DatasetMismatchError is raised when the file differs.
+    """
     ds = read_header(path)
     sop_instance_uid = _uid(ds, "SOPInstanceUID")
     sop_class_uid = _uid(ds, "SOPClassUID")
+    if announced is not None:
+        _check_announced_uids(sop_class_uid, sop_instance_uid, announced)
     sha256 = _sha256(path)
 
     existing = Instance.objects.filter(sop_instance_uid=sop_instance_uid).first()
     if existing is not None:
         if existing.sha256 == sha256:
             return DicomImportResult("duplicate", instance=existing)
-        raise UnusableDicomError(
+        raise ConflictingInstanceError(
             "SOPInstanceUID is already stored with different content; "
             "the stored file is kept"
         )
 
     has_pixels = _PIXEL_DATA in ds
+    # The study and series rows are committed first, and the file is written
+    # and fsynced outside any transaction. Holding the study's row lock (or
+    # SQLite's write lock) through the fsyncs would make every other
+    # instance of the study wait for this one's disk writes.
     with transaction.atomic():
         study = _study_for(ds)
         series = _series_for(ds, study)
-        instance = Instance(
-            series=series,
-            sop_instance_uid=sop_instance_uid,
-            sop_class_uid=sop_class_uid,
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            instance_number=_integer(ds, "InstanceNumber"),
-            rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
-            columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
-            number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
-            size=path.stat().st_size,
-            sha256=sha256,
-        )
-        # File names come from internal ids, never from tag values.
-        wanted = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
-        with path.open("rb") as stream:
-            instance.file = default_storage.save(wanted, File(stream))
-        try:
+    instance = Instance(
+        series=series,
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        instance_number=_integer(ds, "InstanceNumber"),
+        rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
+        columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
+        number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
+        size=path.stat().st_size,
+        sha256=sha256,
+    )
+    # File names come from internal ids, never from tag values.
+    instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+    _store_durably(path, instance.file, move=move)
+    try:
+        with transaction.atomic():
             instance.save()
-        except Exception:
-            default_storage.delete(instance.file)
-            raise
-        record_event(
-            "images.import",
-            actor_kind="import",
-            patient_id=study.exam.visit.patient_id if study.exam else None,
-            exam_id=study.exam_id,
-        )
-        transaction.on_commit(lambda: render_previews.enqueue(instance.pk))
+            record_event(
+                "images.import",
+                actor_kind="import",
+                patient_id=study.exam.visit.patient_id if study.exam else None,
+                exam_id=study.exam_id,
+            )
+            # The task backend stores tasks in this database, so the task row
+            # is committed with the instance, in one commit instead of two.
+            render_previews.enqueue(instance.pk)
+    except BaseException:
+        default_storage.delete(instance.file)
+        raise
     if study.exam_id is None:
         logger.info("Stored instance %d in unmatched study %d", instance.pk, study.pk)
     return DicomImportResult("stored", instance=instance)

@@ -1,0 +1,263 @@
+"""The DICOM receiver: a Storage SCP that files what modalities and PACS send.
+
+Each C-STORE request goes through ``import_dicom_file``, the path of the
+``import_dicom`` command, so that received instances are validated, matched
+to exams and quarantined by the same rules. pynetdicom writes each data set
+to a temporary file as its fragments arrive (``STORE_RECV_CHUNKED_DATASET``),
+so that memory does not grow with the size of an instance or of a study, and
+the pixel data is never decoded. Success is sent only once the file is in
+its final place, fsynced, and its row committed.
+"""
+
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Final, cast
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from viewbox.ingest.dicom_import import (
+    DatasetMismatchError,
+    UnusableDicomError,
+    import_dicom_file,
+)
+from viewbox.ingest.models import QuarantinedFile
+from viewbox.ingest.quarantine import quarantine_file
+
+logger = logging.getLogger(__name__)
+
+# C-STORE status codes of the Storage Service Class (PS3.4 Annex B).
+STATUS_SUCCESS: Final = 0x0000
+STATUS_OUT_OF_RESOURCES: Final = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+STATUS_CANNOT_UNDERSTAND: Final = 0xC000
+# Error Comment (0000,0902) has VR LO: at most 64 characters.
+_ERROR_COMMENT_LENGTH: Final = 64
+
+VERIFICATION_SOP_CLASS: Final = UID("1.2.840.10008.1.1")
+
+# Storage SOP Classes (PS3.4 Annex B.5) of the modalities that an outpatient
+# radiology group runs, and the documents that come with their studies.
+STORAGE_SOP_CLASSES: Final = tuple(
+    UID(uid)
+    for uid in (
+        "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
+        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image
+        "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
+        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
+        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image, For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image, For Processing
+        "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography, For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography, For Processing
+        "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
+        "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray, Presentation
+        "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray, Processing
+        "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+        "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+        "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
+        "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
+        "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image
+        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image
+        "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
+        "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image
+        "1.2.840.10008.5.1.4.1.1.13.1.1",  # X-Ray 3D Angiographic Image
+        "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
+        "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+        "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC Image
+        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image
+        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC Image
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+        "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+        "1.2.840.10008.5.1.4.1.1.88.50",  # Mammography CAD SR
+        "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+        "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+        "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    )
+)
+
+# Transfer syntaxes (PS3.5 Annex A) accepted for every storage class. The
+# receiver stores the bytes as sent, so it needs no codec for any of them.
+# pynetdicom accepts the first syntax of this list that a proposed context
+# holds. Compressed syntaxes come first, so that a sender that proposes its
+# file's own syntax next to the uncompressed ones sends the file unchanged
+# instead of decompressing it, which it may not be able to do.
+TRANSFER_SYNTAXES: Final = tuple(
+    UID(uid)
+    for uid in (
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (SV1)
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
+        "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 RPCL (Lossless)
+        "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
+        "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
+        "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+        "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible
+        "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+        "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
+        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+        "1.2.840.10008.1.2",  # Implicit VR Little Endian
+        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+    )
+)
+
+# Largest P-DATA-TF PDU announced to senders, in bytes. One PDU at a time is
+# held in memory per association.
+_MAXIMUM_PDU_SIZE: Final = 1024 * 1024
+
+_SAFE_AE_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:_ERROR_COMMENT_LENGTH]
+    return status
+
+
+def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None:
+    # The temporary name says nothing to staff; the new one names the sender.
+    sender = _SAFE_AE_CHARACTERS.sub("_", calling_ae_title) or "unknown"
+    named = path.with_name(f"C-STORE from {sender} {uuid.uuid4().hex[:8]}.dcm")
+    try:
+        path.rename(named)
+        kept = quarantine_file(named, QuarantinedFile.Kind.DICOM, reason, move=True)
+    except (OSError, DatabaseError) as error:
+        logger.error(
+            "Could not quarantine a rejected C-STORE data set: %s",
+            type(error).__name__,
+        )
+        named.unlink(missing_ok=True)
+        return
+    logger.warning(
+        "Rejected a C-STORE data set from %s, quarantined as %d: %s",
+        sender,
+        kept.pk,
+        reason,
+    )
+
+
+def _drop_broken_connection() -> None:
+    # The connection is kept for the whole association: opening one per
+    # instance, and on SQLite the checkpoint when the last one closes, would
+    # cost more than storing the instance. Only a broken one is replaced.
+    if connection.connection is not None and (
+        connection.errors_occurred or not connection.is_usable()
+    ):
+        connection.close()
+
+
+def handle_store(event: Event) -> Dataset | int:
+    """Store one received data set and return the C-STORE status."""
+    path = event.dataset_path
+    request = cast(C_STORE, event.request)
+    calling_ae_title = event.assoc.requestor.ae_title
+    announced = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+    _drop_broken_connection()
+    try:
+        result = import_dicom_file(path, move=True, announced=announced)
+    except DatasetMismatchError as error:
+        _quarantine_received(path, calling_ae_title, str(error))
+        return _status(STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error))
+    except UnusableDicomError as error:
+        _quarantine_received(path, calling_ae_title, str(error))
+        return _status(STATUS_CANNOT_UNDERSTAND, str(error))
+    except (OSError, DatabaseError) as error:
+        # Not the sender's fault: nothing is kept, and the sender may retry.
+        logger.error(
+            "Could not store a C-STORE data set: %s: %s", type(error).__name__, error
+        )
+        return _status(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later")
+    if result.status == "duplicate" and result.instance is not None:
+        logger.info(
+            "Received instance %d again; kept the stored copy", result.instance.pk
+        )
+    return STATUS_SUCCESS
+
+
+def _close_database_connection(event: Event) -> None:
+    # Each association runs in its own thread with its own connection. A
+    # release or an abort is handled in that thread, like the C-STORE requests.
+    connection.close()
+
+
+def _log_association(event: Event) -> None:
+    logger.info(
+        "Accepted an association from %s at %s",
+        event.assoc.requestor.ae_title,
+        event.assoc.requestor.address,
+    )
+
+
+def _log_rejection(event: Event) -> None:
+    logger.warning(
+        "Rejected an association from %s at %s",
+        event.assoc.requestor.ae_title,
+        event.assoc.requestor.address,
+    )
+
+
+def build_application_entity() -> AE:
+    """Return the receiver's AE, configured from the settings.
+
+    Raises ValueError when no calling AE title is allowed, because pynetdicom
+    reads an empty list as "accept every caller".
+    """
+    calling_ae_titles = list(settings.DICOM_CALLING_AE_TITLES)
+    if not calling_ae_titles:
+        raise ValueError(
+            "VIEWBOX_DICOM_CALLING_AE_TITLES is empty; list the AE titles of the "
+            "modalities and PACS allowed to send, separated by commas"
+        )
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    application_entity = AE(ae_title=settings.DICOM_AE_TITLE)
+    application_entity.require_calling_aet = calling_ae_titles
+    application_entity.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
+    # Larger PDUs mean fewer fragments, and fewer Python calls per instance.
+    application_entity.maximum_pdu_size = _MAXIMUM_PDU_SIZE
+    application_entity.add_supported_context(VERIFICATION_SOP_CLASS)
+    for sop_class in STORAGE_SOP_CLASSES:
+        application_entity.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    return application_entity
+
+
+def start_receiver(host: str, port: int) -> ThreadedAssociationServer:
+    """Start the receiver in background threads and return its server."""
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_ACCEPTED, _log_association),
+        (evt.EVT_REJECTED, _log_rejection),
+        (evt.EVT_RELEASED, _close_database_connection),
+        (evt.EVT_ABORTED, _close_database_connection),
+    ]
+    server = build_application_entity().start_server(
+        (host, port), block=False, evt_handlers=handlers
+    )
+    assert server is not None
+    return server

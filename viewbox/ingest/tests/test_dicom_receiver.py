@@ -1,0 +1,351 @@
+"""The DICOM receiver against real peers: dcmtk's storescu and dcmsend, and
+Orthanc 1.10 in a private network namespace."""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+
+from viewbox.conftest import make_exam, make_patient, package_path
+from viewbox.ingest import dicom_import
+from viewbox.ingest.dicom_receiver import build_application_entity, start_receiver
+from viewbox.ingest.models import QuarantinedFile
+from viewbox.ingest.tests.test_dicom_import import write_copy
+from viewbox.records.models import Instance
+
+pytestmark = [pytest.mark.peer, pytest.mark.django_db(transaction=True)]
+
+DATA = package_path("data_store", "data")
+TEST_FILES = package_path("pydicom", "data/test_files")
+CALLERS = ["STORESCU", "DCMSEND", "ORTHANC"]
+PEER_TIMEOUT_SECONDS = 120
+# Real files in the transfer syntaxes that modalities send, with the syntax
+# each must be stored in: the receiver never converts them.
+COMPRESSED = {
+    "JPEG baseline": (DATA / "color3d_jpeg_baseline.dcm", "1.2.840.10008.1.2.4.50"),
+    "JPEG extended": (TEST_FILES / "JPEG-lossy.dcm", "1.2.840.10008.1.2.4.51"),
+    "JPEG lossless SV1": (
+        DATA / "JPGLosslessP14SV1_1s_1f_8b.dcm",
+        "1.2.840.10008.1.2.4.70",
+    ),
+    "JPEG-LS lossless": (
+        TEST_FILES / "MR_small_jpeg_ls_lossless.dcm",
+        "1.2.840.10008.1.2.4.80",
+    ),
+    "JPEG 2000 lossless": (DATA / "693_J2KR.dcm", "1.2.840.10008.1.2.4.90"),
+    "JPEG 2000": (DATA / "MR2_J2KI.dcm", "1.2.840.10008.1.2.4.91"),
+    "RLE": (DATA / "OBXXXX1A_rle.dcm", "1.2.840.10008.1.2.5"),
+    "deflated": (TEST_FILES / "image_dfl.dcm", "1.2.840.10008.1.2.1.99"),
+}
+
+
+def dcmtk(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(argument) for argument in arguments],
+        capture_output=True,
+        text=True,
+        timeout=PEER_TIMEOUT_SECONDS,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+
+
+@pytest.fixture(autouse=True)
+def need_dcmtk() -> None:
+    if shutil.which("storescu") is None or shutil.which("dcmsend") is None:
+        pytest.skip("dcmtk is not installed: apt-get install -y dcmtk")
+
+
+@pytest.fixture
+def receiver(settings) -> Iterator[int]:
+    settings.DICOM_CALLING_AE_TITLES = CALLERS
+    settings.DICOM_AE_TITLE = "VIEWBOX"
+    server = start_receiver("127.0.0.1", 0)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def alice_exam(california):
+    alice = make_patient(
+        california, "DEMO-1001", "Alice", "Testpatient", date(1980, 4, 12)
+    )
+    return make_exam(alice, california, "ACC1001")
+
+
+def stored_files(settings) -> list[Path]:
+    media = Path(settings.STORAGES["default"]["OPTIONS"]["location"])
+    return sorted(path for path in media.rglob("*") if path.is_file())
+
+
+def pixel_data(path: Path) -> bytes:
+    return pydicom.dcmread(path).PixelData
+
+
+class TestAssociation:
+    def test_unknown_calling_ae_is_rejected(self, receiver, tmp_path) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        result = dcmtk(
+            "storescu",
+            "-aet",
+            "INTRUDER",
+            "-aec",
+            "VIEWBOX",
+            "127.0.0.1",
+            receiver,
+            path,
+        )
+        assert result.returncode != 0
+        assert "Calling AE Title Not Recognized" in result.stderr
+        assert Instance.objects.count() == 0
+
+    def test_empty_caller_list_is_refused(self, settings) -> None:
+        settings.DICOM_CALLING_AE_TITLES = []
+        with pytest.raises(
+            ValueError, match="VIEWBOX_DICOM_CALLING_AE_TITLES is empty"
+        ):
+            build_application_entity()
+
+    def test_echo_is_answered(self, receiver) -> None:
+        result = dcmtk("echoscu", "-aet", "STORESCU", "127.0.0.1", receiver)
+        assert result.returncode == 0, result.stderr
+
+
+class TestStorescu:
+    def test_ct_is_stored_and_matched(
+        self, receiver, alice_exam, settings, tmp_path
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        result = dcmtk("storescu", "127.0.0.1", receiver, path)
+        assert result.returncode == 0, result.stderr
+        instance = Instance.objects.get()
+        assert instance.series.study.exam == alice_exam
+        assert instance.sop_instance_uid == pydicom.dcmread(path).SOPInstanceUID
+        [stored] = stored_files(settings)
+        assert pixel_data(stored) == pixel_data(path)
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == instance.sha256
+
+    def test_jpeg_2000_is_stored_as_sent(self, receiver, settings, tmp_path) -> None:
+        path = write_copy(
+            DATA / "693_J2KR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        result = dcmtk(
+            "storescu", "--propose-j2k-lossless", "127.0.0.1", receiver, path
+        )
+        assert result.returncode == 0, result.stderr
+        instance = Instance.objects.get()
+        assert instance.transfer_syntax_uid == "1.2.840.10008.1.2.4.90"
+        assert pixel_data(stored_files(settings)[0]) == pixel_data(path)
+
+    def test_resend_is_stored_once(self, receiver, settings, tmp_path) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        first = dcmtk("storescu", "127.0.0.1", receiver, path)
+        second = dcmtk("storescu", "127.0.0.1", receiver, path)
+        assert first.returncode == 0, first.stderr
+        assert second.returncode == 0, second.stderr
+        assert Instance.objects.count() == 1
+        assert len(stored_files(settings)) == 1
+
+    def test_corrupt_file_fails_and_is_quarantined(
+        self, receiver, settings, tmp_path
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        ds = pydicom.dcmread(path)
+        ds.Rows = 1024  # the pixel data now contains half the rows
+        ds.save_as(path)
+        result = dcmtk("storescu", "-v", "127.0.0.1", receiver, path)
+        assert "Received Store Response (Error: CannotUnderstand)" in result.stderr
+        assert Instance.objects.count() == 0
+        assert stored_files(settings) == []
+        kept = QuarantinedFile.objects.get()
+        assert kept.reason == (
+            "Pixel Data (7FE0,0010) is truncated: 524288 bytes, 1048576 expected"
+        )
+        assert kept.original_name.startswith("C-STORE from STORESCU ")
+        assert pixel_data(Path(kept.path)) == ds.PixelData
+
+    def test_storage_failure_fails_and_keeps_nothing(
+        self, receiver, settings, monkeypatch, tmp_path
+    ) -> None:
+        def full_disk(path: Path) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(dicom_import, "_fsync_path", full_disk)
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        result = dcmtk("storescu", "-v", "127.0.0.1", receiver, path)
+        assert "Received Store Response (Refused: OutOfResources)" in result.stderr
+        assert Instance.objects.count() == 0
+        assert QuarantinedFile.objects.count() == 0
+        assert stored_files(settings) == []
+
+        monkeypatch.undo()
+        retry = dcmtk("storescu", "127.0.0.1", receiver, path)
+        assert retry.returncode == 0, retry.stderr
+        assert Instance.objects.count() == 1
+
+
+class TestAnnouncedUids:
+    def test_mismatched_instance_uid_fails(
+        self, receiver, monkeypatch, tmp_path
+    ) -> None:
+        # dcmtk announces the UIDs of the data set itself; pynetdicom sending
+        # a file announces those of its File Meta Information instead.
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        ds = pydicom.dcmread(path)
+        announced = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = announced
+        ds.save_as(path)
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+        sender = AE(ae_title="STORESCU")
+        sender.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+        association = sender.associate("127.0.0.1", receiver, ae_title="VIEWBOX")
+        assert association.is_established
+        status = association.send_c_store(path)
+        association.release()
+
+        assert status.Status == 0xA900
+        assert Instance.objects.count() == 0
+        assert QuarantinedFile.objects.get().reason == (
+            f"SOPInstanceUID {ds.SOPInstanceUID!r} differs from the announced "
+            f"{announced!r}"
+        )
+
+
+class TestDcmsend:
+    def test_compressed_files_are_stored_unchanged(
+        self, receiver, settings, tmp_path
+    ) -> None:
+        sent = {}
+        for name, (source, syntax) in COMPRESSED.items():
+            path = tmp_path / f"{len(sent)}.dcm"
+            write_copy(source, path, "DEMO-1001", "ACC1001")
+            sent[pydicom.dcmread(path).SOPInstanceUID] = (name, syntax)
+        result = dcmtk(
+            "dcmsend",
+            "-aet",
+            "DCMSEND",
+            "127.0.0.1",
+            receiver,
+            *sorted(tmp_path.glob("*.dcm")),
+        )
+        assert result.returncode == 0, result.stderr
+        stored = {
+            instance.sop_instance_uid: instance.transfer_syntax_uid
+            for instance in Instance.objects.all()
+        }
+        assert stored == {uid: syntax for uid, (_, syntax) in sent.items()}
+
+
+def relay_unix_socket_to(port: int, path: Path) -> socket.socket:
+    """Forward each connection on a Unix socket to a loopback TCP port."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(1 << 16):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+class TestOrthanc:
+    def test_orthanc_pushes_a_study(self, receiver, alice_exam, tmp_path) -> None:
+        if shutil.which("Orthanc") is None or shutil.which("unshare") is None:
+            pytest.skip("Orthanc is not installed: apt-get install -y orthanc")
+        study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        files = [
+            write_copy(
+                source,
+                tmp_path / "in" / f"{number}.dcm",
+                "DEMO-1001",
+                "ACC1001",
+                study=study,
+                series=series,
+            )
+            for number, source in enumerate(
+                [DATA / "693_UNCR.dcm", DATA / "693_J2KR.dcm", DATA / "693_UNCI.dcm"]
+            )
+        ]
+        relay = relay_unix_socket_to(receiver, tmp_path / "receiver.sock")
+        try:
+            result = subprocess.run(
+                [
+                    "unshare",
+                    "--net",
+                    # Without root, a user namespace grants the right to
+                    # bring up the new namespace's loopback interface.
+                    *([] if os.geteuid() == 0 else ["--map-root-user"]),
+                    "--",
+                    sys.executable,
+                    str(Path(__file__).with_name("orthanc_push.py")),
+                    "--socket",
+                    str(tmp_path / "receiver.sock"),
+                    "--ae-title",
+                    "VIEWBOX",
+                    *map(str, files),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=PEER_TIMEOUT_SECONDS,
+                env={**os.environ, "TCP_NODELAY": "1"},
+            )
+        finally:
+            relay.close()
+        assert result.returncode == 0, result.stderr
+        response = json.loads(result.stdout)
+        assert response["status"] == 200, response["body"]
+        instances = Instance.objects.filter(series__study__study_instance_uid=study)
+        assert instances.count() == 3
+        assert {instance.series.study.exam for instance in instances} == {alice_exam}
+        assert {instance.transfer_syntax_uid for instance in instances} == {
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2.4.90",
+        }

@@ -8,6 +8,7 @@ urlpatterns = [
     path("staff/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("viewbox.accounts.urls")),
+    path("", include("viewbox.audit.urls")),
     path("", include("viewbox.downloads.urls")),
     path("", include("viewbox.viewer.urls")),
 ]

@@ -184,9 +184,7 @@ class TestAccountActivity:
         assert second.count('class="activity__item"') == 7
         assert "Page 2 of 2" in second
 
-    def test_viewing_the_page_is_audited(
-        self, client, maryland, rosa_account
-    ) -> None:
+    def test_viewing_the_page_is_audited(self, client, maryland, rosa_account) -> None:
         log_in(client, maryland)
         client.get(ACTIVITY_URL)
         event = AuditEvent.objects.get(action="activity.view")

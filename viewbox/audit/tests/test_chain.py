@@ -197,7 +197,7 @@ class TestConcurrentAppends:
         def append(actor_id: int) -> None:
             try:
                 start.wait()
-                for number in range(per_thread):
+                for _number in range(per_thread):
                     # Each append is its own transaction, as in a web request.
                     record_event("exam.list", actor_kind="account", actor_id=actor_id)
             except BaseException as error:

@@ -10,7 +10,12 @@ from django.utils import timezone
 
 from viewbox.access import codes, throttle
 from viewbox.access.models import ICode
-from viewbox.access.scope import SESSION_ICODE_ID, SESSION_SIGNED_IN_AT, client_address
+from viewbox.access.scope import (
+    SESSION_ICODE_ID,
+    SESSION_SIGNED_IN_AT,
+    client_address,
+    requester_from_request,
+)
 from viewbox.audit.actions import record_event
 from viewbox.audit.models import AuditEvent
 from viewbox.directory.models import ImagingGroup
@@ -148,11 +153,14 @@ def sign_in_with_icode(
 
 def sign_out(request: HttpRequest) -> None:
     """End the session, whether an I-Code or an account opened it."""
-    icode_id = request.session.get(SESSION_ICODE_ID)
-    user_id = request.user.pk if request.user.is_authenticated else None
+    requester = requester_from_request(request)
     # flush() also ends the logged-in user's session.
     request.session.flush()
-    if user_id is not None:
-        record_event("sign_out", actor_kind="user", actor_id=user_id)
-    elif icode_id is not None:
-        record_event("sign_out", actor_kind="icode", actor_id=icode_id)
+    if requester is not None:
+        record_event(
+            "sign_out",
+            actor_kind=requester.kind,
+            actor_id=requester.actor_id,
+            patient_id=requester.patient_id,
+            client_address=requester.client_address,
+        )

@@ -60,8 +60,8 @@ def _lock_head() -> AuditChainHead:
     head = locked.filter(pk=AuditChainHead.SINGLETON_ID).first()
     if head is not None:
         return head
-    # The migration creates the head, but a database flush (as tests do)
-    # removes it; the first append after that creates it again from the last
+    # The migration creates the head, but a database flush (as in tests)
+    # removes it. The first append after that creates it again from the last
     # stored entry. When two workers race to do so, the loser reads the
     # winner's row.
     last = AuditEvent.objects.order_by("-sequence").first()

@@ -93,11 +93,12 @@ def iterate_chain(batch_size: int = 2000) -> Iterator[AuditEvent]:
 def find_first_problem() -> tuple[int, ChainProblem | None]:
     """Verify the whole chain; return the entries checked and the first problem.
 
-    An entry fails when its sequence number skips (an entry was removed),
-    when it does not name the previous entry's hash (an entry was removed or
-    reordered), or when its own hash does not match its fields (it was
-    edited, or written without the key). The head row must name the last
-    entry, or entries were removed from the end.
+    An entry fails when its sequence number skips, because an entry was
+    removed. It fails when its previous_hash differs from the hash of the
+    entry before it, because an entry was removed or reordered. It fails when
+    its own hash does not match its fields, because it was edited or written
+    without the key. The head row must name the last entry, or entries were
+    removed from the end.
     """
     expected_sequence = 1
     previous_hash = GENESIS_HASH

@@ -58,7 +58,7 @@ FAILURE_SENTENCES: dict[str, Promise] = {
 
 ACTIVITY_ACTIONS = frozenset(SUCCESS_SENTENCES) | frozenset(FAILURE_SENTENCES)
 
-# Who acted, by the entry's actor_kind.
+# Names of the actor, by the entry's actor_kind.
 ACTOR_NAMES: dict[str, Promise] = {
     "account": _("You"),
     "icode": _("You"),

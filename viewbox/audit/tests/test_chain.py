@@ -116,8 +116,9 @@ class TestVerifyAudit:
         )
         message = verify()
         assert message.startswith(
-            f"Audit chain broken at entry #2 (id {events[1].pk}): its entry_hash "
-            "does not match its fields. 1 entries before it verified."
+            "Audit chain verification failed at entry #2 "
+            f"(id {events[1].pk}): its entry_hash does not match its fields. "
+            "1 entries before it verified."
         )
 
     def test_entry_rehashed_without_the_key_is_named(self, settings) -> None:
@@ -132,22 +133,22 @@ class TestVerifyAudit:
             [chain.compute_hash(forged), forged.pk],
         )
         settings.AUDIT_CHAIN_KEY = "the server's key"
-        assert verify().startswith("Audit chain broken at entry #1 ")
+        assert verify().startswith("Audit chain verification failed at entry #1 ")
 
     def test_entry_removed_from_the_middle_is_noticed(self) -> None:
         events = record_three()
         run_unchecked_sql("DELETE FROM audit_auditevent WHERE id = %s", [events[1].pk])
         assert verify().startswith(
-            f"Audit chain broken at entry #3 (id {events[2].pk}): expected entry "
-            "#2 here, found #3."
+            "Audit chain verification failed at entry #3 "
+            f"(id {events[2].pk}): expected entry #2 here, found #3."
         )
 
     def test_entry_removed_from_the_end_is_noticed(self) -> None:
         events = record_three()
         run_unchecked_sql("DELETE FROM audit_auditevent WHERE id = %s", [events[2].pk])
         assert verify().startswith(
-            "Audit chain broken at entry #3: the chain head names entry #3 but "
-            "the last stored entry is #2."
+            "Audit chain verification failed at entry #3: the chain head names "
+            "entry #3 but the last stored entry is #2."
         )
 
     def test_intact_chain_verifies(self, capsys) -> None:

@@ -23,13 +23,15 @@ class Command(BaseCommand):
         checked, problem = find_first_problem()
         if problem is not None:
             logger.error(
-                "Audit chain broken at entry #%s: %s", problem.sequence, problem.reason
+                "Audit chain verification failed at entry #%s: %s",
+                problem.sequence,
+                problem.reason,
             )
             where = f"entry #{problem.sequence}"
             if problem.event_id is not None:
                 where += f" (id {problem.event_id})"
             raise CommandError(
-                f"Audit chain broken at {where}: {problem.reason}. "
+                f"Audit chain verification failed at {where}: {problem.reason}. "
                 f"{checked} entries before it verified.",
                 returncode=1,
             )

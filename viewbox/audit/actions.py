@@ -33,6 +33,8 @@ def record_event(
         # held until the caller's transaction ends. SQLite has no row locks,
         # but its IMMEDIATE transactions (see settings) take the write lock
         # before the head is read, which serialises appends the same way.
+        # NOTE: a long transaction that records an event early delays every
+        # other append until it ends, so record events late in such work.
         head = _lock_head()
         event = AuditEvent(
             sequence=head.sequence + 1,

@@ -118,7 +118,7 @@ class TestVerifyAudit:
         assert message.startswith(
             "Audit chain verification failed at entry #2 "
             f"(id {events[1].pk}): its entry_hash does not match its fields. "
-            "1 entries before it verified."
+            "Entries verified before it: 1."
         )
 
     def test_entry_rehashed_without_the_key_is_named(self, settings) -> None:

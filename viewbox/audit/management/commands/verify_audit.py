@@ -32,7 +32,7 @@ class Command(BaseCommand):
                 where += f" (id {problem.event_id})"
             raise CommandError(
                 f"Audit chain verification failed at {where}: {problem.reason}. "
-                f"{checked} entries before it verified.",
+                f"Entries verified before it: {checked}.",
                 returncode=1,
             )
 

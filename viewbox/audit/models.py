@@ -9,7 +9,7 @@ class AuditLogImmutableError(Exception):
 
 def _reject_change() -> NoReturn:
     raise AuditLogImmutableError(
-        "Audit entries cannot be changed or deleted; record a new entry instead."
+        "Audit entries cannot be changed or deleted. Record a new entry instead."
     )
 
 

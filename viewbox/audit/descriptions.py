@@ -40,6 +40,8 @@ SUCCESS_SENTENCES: dict[str, Promise] = {
     "staff.portal_pass": _("%(who)s printed a Portal Pass for your visit."),
     "staff.icode_reactivate": _("%(who)s reactivated an I-Code for your visit."),
     "staff.merge": _("%(who)s merged two of your records."),
+    "staff.view_exam": _("%(who)s viewed the details of %(exam)s."),
+    "staff.view_study": _("%(who)s viewed the image details of %(exam)s."),
 }
 
 # Sentences for refused attempts. A failed action that is not listed here

@@ -29,7 +29,7 @@ SUCCESS_SENTENCES: dict[str, Promise] = {
     "share.change": _("%(who)s changed the shared link %(link)s."),
     "share.revoke": _("%(who)s revoked the shared link %(link)s."),
     "share.open": _("%(who)s opened the shared link %(link)s."),
-    "share.unlock": _("%(who)s entered the password of the shared link %(link)s."),
+    "share.unlock": _("%(who)s unlocked the shared link %(link)s."),
     "share.password": _("%(who)s entered the password of the shared link %(link)s."),
     "icode.issue": _("An I-Code was issued for your visit."),
     "icode.sign_in": _("%(who)s signed in with an I-Code."),
@@ -47,7 +47,6 @@ SUCCESS_SENTENCES: dict[str, Promise] = {
 # Sentences for refused attempts. A failed action that is not listed here
 # shows its success sentence with the word "Refused" beside it.
 FAILURE_SENTENCES: dict[str, Promise] = {
-    "share.unlock": _("%(who)s entered a wrong password for the shared link %(link)s."),
     "share.password": _(
         "%(who)s entered a wrong password for the shared link %(link)s."
     ),

@@ -123,10 +123,10 @@ class TestAccountActivity:
     ) -> None:
         view_event(rosa_chest, actor_kind="share", actor_id=5)
         view_event(rosa_chest, "share.create", share_link_id=5)
-        view_event(rosa_chest, "share.unlock", actor_kind="share", actor_id=5)
+        view_event(rosa_chest, "share.password", actor_kind="share", actor_id=5)
         view_event(
             rosa_chest,
-            "share.unlock",
+            "share.password",
             actor_kind="share",
             actor_id=5,
             outcome=AuditEvent.Outcome.FAILURE,
@@ -155,9 +155,11 @@ class TestAccountActivity:
         self, client, maryland, rosa_account, rosa_chest
     ) -> None:
         view_event(rosa_chest, "share.revoke", share_link_id=8)
+        view_event(rosa_chest, "share.unlock", share_link_id=8)
         log_in(client, maryland)
         page = client.get(ACTIVITY_URL).content.decode()
         assert "You revoked the shared link number 8." in page
+        assert "You unlocked the shared link number 8." in page
 
     def test_staff_actions_are_described(
         self, client, maryland, rosa_account, rosa_chest

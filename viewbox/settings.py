@@ -339,6 +339,13 @@ STOW_MAX_REQUEST_BYTES = int(
     os.environ.get("VIEWBOX_STOW_MAX_REQUEST_BYTES", str(4 * 1024**3))
 )
 
+# Audit log. Each entry's hash is keyed with AUDIT_CHAIN_KEY
+# (VIEWBOX_AUDIT_KEY, or a file made in DATA_DIR on first use), so someone
+# who can write to the database but lacks the key cannot rewrite the chain.
+# Changing the key makes every stored entry fail `manage.py verify_audit`.
+AUDIT_CHAIN_KEY = _read_or_create_key("VIEWBOX_AUDIT_KEY", "audit_key")
+AUDIT_ACTIVITY_PAGE_SIZE = 25
+
 _log_handlers = ["console"]
 _handlers: dict[str, dict[str, str]] = {
     "console": {"class": "logging.StreamHandler", "formatter": "plain"}

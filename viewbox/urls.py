@@ -12,6 +12,7 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("viewbox.frontdesk.help_urls")),
     path("", include("viewbox.accounts.urls")),
+    path("", include("viewbox.audit.urls")),
     path("", include("viewbox.downloads.urls")),
     path("", include("viewbox.sharing.urls")),
     path("", include("viewbox.ingest.urls")),

@@ -12,9 +12,9 @@ from viewbox.access import codes, throttle
 from viewbox.access.models import ICode
 from viewbox.access.scope import (
     SESSION_ICODE_ID,
-    SESSION_SHARE_ID,
     SESSION_SIGNED_IN_AT,
     client_address,
+    requester_from_request,
 )
 from viewbox.audit.actions import record_event
 from viewbox.audit.models import AuditEvent
@@ -153,14 +153,14 @@ def sign_in_with_icode(
 
 def sign_out(request: HttpRequest) -> None:
     """End the session, whether an I-Code, an account or a link opened it."""
-    icode_id = request.session.get(SESSION_ICODE_ID)
-    share_id = request.session.get(SESSION_SHARE_ID)
-    user_id = request.user.pk if request.user.is_authenticated else None
+    requester = requester_from_request(request)
     # flush() also ends the logged-in user's session.
     request.session.flush()
-    if share_id is not None:
-        record_event("sign_out", actor_kind="share", actor_id=share_id)
-    elif user_id is not None:
-        record_event("sign_out", actor_kind="user", actor_id=user_id)
-    elif icode_id is not None:
-        record_event("sign_out", actor_kind="icode", actor_id=icode_id)
+    if requester is not None:
+        record_event(
+            "sign_out",
+            actor_kind=requester.kind,
+            actor_id=requester.actor_id,
+            patient_id=requester.patient_id,
+            client_address=requester.client_address,
+        )

@@ -25,7 +25,11 @@ class LogInResult(enum.Enum):
 
 
 def create_account(
-    patient: Patient, user_id: str, email: str, password_hash: str
+    patient: Patient,
+    user_id: str,
+    email: str,
+    password_hash: str,
+    client_address: str | None = None,
 ) -> Account | None:
     """Create the user and the account; return None if the patient has one.
 
@@ -50,6 +54,7 @@ def create_account(
         actor_kind="account",
         actor_id=account.pk,
         patient_id=patient.pk,
+        client_address=client_address,
     )
     logger.info("Created account %d", account.pk)
     return account

@@ -197,6 +197,12 @@ def email(request: HttpRequest, group_slug: str, location_slug: str) -> HttpResp
         if check is email_codes.CodeCheck.VALID:
             return _finish_sign_up(request, location, state)
         problem = check.name.lower()
+        record_event(
+            "account.email_code",
+            outcome=AuditEvent.Outcome.FAILURE,
+            actor_kind="anonymous",
+            client_address=client_address(request),
+        )
     status = 400 if request.method == "POST" else 200
     context = _context(location, form=form, step=4, email=state.email, problem=problem)
     return render(request, "accounts/email.html", context, status=status)
@@ -213,7 +219,11 @@ def _finish_sign_up(
     account = None
     if patient is not None:
         account = actions.create_account(
-            patient, state.user_id, state.email, state.password_hash
+            patient,
+            state.user_id,
+            state.email,
+            state.password_hash,
+            client_address(request),
         )
     sign_up.clear(request)
     if account is None:
@@ -333,6 +343,18 @@ class ResetPasswordView(PasswordResetConfirmView):
         )
         context.update(_context(location))
         return context
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        account = form.user.patient_account
+        record_event(
+            "account.password_reset",
+            actor_kind="account",
+            actor_id=account.pk,
+            patient_id=account.patient_id,
+            client_address=client_address(self.request),
+        )
+        return response
 
     def get_user(self, uidb64: str) -> Any:
         user = super().get_user(uidb64)

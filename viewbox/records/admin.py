@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from viewbox.audit.staff_views import AuditedRecordAdmin
 from viewbox.records.models import Exam, Study
 
 
@@ -25,9 +26,10 @@ class MatchedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(AuditedRecordAdmin):
     """Studies as received; staff look here for images waiting for an order."""
 
+    audit_action = "staff.view_study"
     list_display = [
         "pk",
         "accession_number",
@@ -46,9 +48,14 @@ class StudyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def audit_ids(self, obj: Study) -> tuple[int | None, int | None]:
+        patient_id = obj.exam.visit.patient_id if obj.exam else None
+        return patient_id, obj.exam_id
+
 
 @admin.register(Exam)
-class ExamAdmin(admin.ModelAdmin):
+class ExamAdmin(AuditedRecordAdmin):
+    audit_action = "staff.view_exam"
     list_display = ["accession_number", "description", "modality", "status", "visit"]
     list_filter = ["status", "modality"]
     search_fields = ["accession_number"]
@@ -59,3 +66,6 @@ class ExamAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def audit_ids(self, obj: Exam) -> tuple[int | None, int | None]:
+        return obj.visit.patient_id, obj.pk

@@ -163,6 +163,7 @@ def _audit(
         actor_id=requester.actor_id,
         patient_id=link.patient_id,
         exam_id=exam_id,
+        share_link_id=link.pk,
         client_address=requester.client_address,
     )
 

@@ -62,6 +62,7 @@ class ShareLinkAdmin(admin.ModelAdmin):
                 actor_kind="staff",
                 actor_id=request.user.pk or "",
                 patient_id=link.patient_id,
+                share_link_id=link.pk,
             )
         self.message_user(
             request, f"{len(links)} link(s) turned off.", messages.SUCCESS

@@ -164,10 +164,12 @@ class TestAccountActivity:
     def test_staff_actions_are_described(
         self, client, maryland, rosa_account, rosa_chest
     ) -> None:
-        view_event(rosa_chest, "staff.portal_pass", actor_kind="staff", actor_id=2)
+        view_event(rosa_chest, "frontdesk.print_pass", actor_kind="staff", actor_id=2)
+        view_event(rosa_chest, "icode.help_approve", actor_kind="staff", actor_id=2)
         log_in(client, maryland)
         page = client.get(ACTIVITY_URL).content.decode()
-        assert "A staff member printed a Portal Pass for your visit." in page
+        assert "A staff member printed a Portal Pass for" in page
+        assert "A staff member reactivated an I-Code for your visit." in page
 
     def test_pages_hold_25_entries_newest_first(
         self, client, maryland, rosa_account, rosa_chest

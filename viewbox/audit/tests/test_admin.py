@@ -9,6 +9,7 @@ from django.test import Client
 from viewbox.audit.actions import record_event
 from viewbox.audit.export import escape_cell
 from viewbox.audit.models import AuditEvent
+from viewbox.conftest import log_in_verified_staff
 
 LIST_URL = "/staff/audit/auditevent/"
 EXPORT_URL = "/staff/audit/auditevent/export/"
@@ -21,7 +22,7 @@ def staff_client(username: str, *, groups: tuple[str, ...] = (), perms=()) -> Cl
     for codename in perms:
         user.user_permissions.add(Permission.objects.get(codename=codename))
     client = Client()
-    client.force_login(user)
+    log_in_verified_staff(client, user)
     return client
 
 

@@ -18,7 +18,12 @@ from viewbox.accounts.tests.test_sign_up_views import (  # noqa: F401 (fixture)
 )
 from viewbox.accounts.tests.test_sign_up_views import url as sign_up_url
 from viewbox.audit.models import AuditEvent
-from viewbox.conftest import make_exam, make_patient, sign_in_with_icode
+from viewbox.conftest import (
+    log_in_verified_staff,
+    make_exam,
+    make_patient,
+    sign_in_with_icode,
+)
 from viewbox.records.models import Patient
 
 PASSWORD = "a long patient passphrase"
@@ -72,7 +77,7 @@ class TestStaffLogOutIsRecorded:
     def test_admin_log_out_is_recorded(self) -> None:
         user = get_user_model().objects.create_user("fred.frontdesk", is_staff=True)
         client = Client()
-        client.force_login(user)
+        log_in_verified_staff(client, user)
         client.post("/staff/logout/")
         event = AuditEvent.objects.get(action="staff.log_out")
         assert event.actor_kind == "staff"

@@ -5,14 +5,14 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from viewbox.audit.models import AuditEvent
-from viewbox.conftest import make_exam, make_patient
+from viewbox.conftest import log_in_verified_staff, make_exam, make_patient
 
 
 @pytest.fixture
 def staff(db) -> Client:
     user = get_user_model().objects.create_superuser("sam.staff", is_staff=True)
     client = Client()
-    client.force_login(user)
+    log_in_verified_staff(client, user)
     return client
 
 

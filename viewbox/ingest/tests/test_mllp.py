@@ -26,6 +26,7 @@ from viewbox.access.actions import issue_icode
 from viewbox.access.models import ICode
 from viewbox.accounts.models import Account
 from viewbox.audit.models import AuditEvent
+from viewbox.conftest import log_in_verified_staff
 from viewbox.directory.models import Location
 from viewbox.ingest.hl7_parsing import Message, parse_message
 from viewbox.ingest.mllp import FrameReader, HL7Listener, OversizedFrame, start_listener
@@ -844,7 +845,7 @@ def staff_client(client: Any) -> Any:
     user = get_user_model().objects.create_superuser(
         "staff.example", "staff@example.org", "z" * 16
     )
-    client.force_login(user)
+    log_in_verified_staff(client, user)
     return client
 
 
@@ -923,7 +924,7 @@ class TestRetry:
             "viewer.example", password="v" * 16, is_staff=True
         )
         user.user_permissions.add(Permission.objects.get(codename="view_hl7message"))
-        client.force_login(user)
+        log_in_verified_staff(client, user)
 
         client.post(
             "/staff/ingest/hl7message/",

@@ -3,9 +3,9 @@
 Everything in ``viewbox.settings`` applies, read from the same environment
 variables, with these differences:
 
-- ``VIEWBOX_SECRET_KEY`` and ``VIEWBOX_ICODE_KEY`` must be set (at least 50
-  characters each); the site refuses to start without them instead of
-  generating keys into the data folder, where a backup could carry them away.
+- ``VIEWBOX_SECRET_KEY`` and ``VIEWBOX_ICODE_KEY`` must be set, at least 50
+  characters each. Without them the site does not start. It never generates
+  keys into the data folder, where a backup would carry them away.
 - ``VIEWBOX_ALLOWED_HOSTS`` must be set to the host names served.
 - Debug pages and the demo mailbox are off whatever the environment says.
 - HTTPS only: redirects from HTTP, HSTS for a year with subdomains and
@@ -22,7 +22,7 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
-# Django's deployment check asks for keys of at least 50 characters.
+# Django's deployment check requires keys of at least 50 characters.
 _MIN_KEY_LENGTH = 50
 
 
@@ -78,7 +78,7 @@ LANGUAGE_COOKIE_SAMESITE = "Lax"
 LANGUAGE_COOKIE_PATH = "/"
 
 # security.W003 looks for Django's CsrfViewMiddleware by its dotted path.
-# MIDDLEWARE holds viewbox.viewer.middleware.FetchMetadataCsrfMiddleware, a
-# subclass that checks the token in every case; a test asserts that it is
-# there.
+# MIDDLEWARE contains viewbox.viewer.middleware.FetchMetadataCsrfMiddleware,
+# a subclass that checks the token in every case, and a test asserts that it
+# is there.
 SILENCED_SYSTEM_CHECKS = ["security.W003"]

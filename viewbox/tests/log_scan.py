@@ -161,7 +161,9 @@ def _date_pattern(day: date) -> re.Pattern[str]:
 
 def _demo_patients() -> tuple[set[tuple[str, str]], set[date], set[str]]:
     """Return names, birth dates and addresses from the PID segments of the demo."""
-    names, births, extras = set(), set(), set()
+    names: set[tuple[str, str]] = set()
+    births: set[date] = set()
+    extras: set[str] = set()
     for path in sorted((REPO / "demo" / "hl7").glob("*.hl7")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if not line.startswith("PID|"):
@@ -198,7 +200,8 @@ _PASSWORD = re.compile(
 
 
 def _test_patients() -> tuple[set[tuple[str, str]], set[date]]:
-    names, births = set(), set()
+    names: set[tuple[str, str]] = set()
+    births: set[date] = set()
     for source in _test_sources():
         names.update(_MAKE_PATIENT.findall(source))
         names.update(zip(_GIVEN.findall(source), _FAMILY.findall(source), strict=False))
@@ -209,7 +212,7 @@ def _test_patients() -> tuple[set[tuple[str, str]], set[date]]:
 
 
 def _test_passwords() -> set[str]:
-    found = set()
+    found: set[str] = set()
     for source in _test_sources():
         found.update(
             value

@@ -151,10 +151,6 @@ class TestDicomFuzz:
         assert Instance.objects.count() <= outcomes["stored"]
 
 
-def _fields(segment: str) -> list[str]:
-    return segment.split("|")
-
-
 BASE_HL7 = [
     "\r".join(
         [

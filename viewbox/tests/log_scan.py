@@ -34,8 +34,8 @@ LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _HEADER = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ (?P<logger>\S+) ", re.ASCII
 )
-# Birth dates are told from exam dates by year: the tests' patients were all
-# born before this.
+# Birth dates are distinguished from exam dates by year, because the tests'
+# patients were all born before this one.
 _LAST_BIRTH_YEAR = 2010
 _MIN_PASSWORD_LENGTH = 8
 
@@ -127,6 +127,7 @@ def build_needles(secrets: Iterable[str] = ()) -> list[Needle]:
             needles.append(Needle("patient name", re.compile(pattern, re.IGNORECASE)))
     for birth in sorted(births | test_births):
         needles.append(Needle("birth date", _date_pattern(birth)))
+
     for extra in sorted(extras):
         needles.append(Needle("patient address", re.compile(re.escape(extra), re.I)))
     for password in sorted(_test_passwords()):
@@ -134,16 +135,22 @@ def build_needles(secrets: Iterable[str] = ()) -> list[Needle]:
     for secret in secrets:
         if secret:
             needles.append(Needle("secret key", re.compile(re.escape(secret))))
+
     symbol = f"[{ALPHABET}]"
     needles.append(
         Needle("I-Code", re.compile(rf"\b{symbol}{{4}}(?:-{symbol}{{4}}){{3}}\b"))
     )
     # The bare form, with at least one letter so that UIDs' digits never match.
     needles.append(Needle("I-Code", re.compile(rf"\b(?=[2-9]*[A-Z]){symbol}{{16}}\b")))
+
     needles.append(
         Needle(
             "reset token",
-            re.compile(r"(?<=/reset/)(?!\[redacted\])[^/\s]+/[^/\s]+(?=/)"),
+            # Django's reset view swaps the token for "set-password" in the
+            # URL it redirects to, and that form is no secret.
+            re.compile(
+                r"(?<=/reset/)(?!\[redacted\])[^/\s]+/(?!set-password/)[^/\s]+(?=/)"
+            ),
         )
     )
     return needles

@@ -48,6 +48,7 @@ class TestNeedles:
             "Stored instance 12 in unmatched study 3",
             "UID 1.2.826.0.1.3680043.8.498.23456789234567892345",
             "GET /g/x/y/reset/[redacted]/ 200",
+            "Forbidden (CSRF cookie not set.): /g/x/y/reset/MQ/set-password/",
             "Rejected DICOM file, quarantined as 7: PatientID is missing",
         ],
     )

@@ -53,7 +53,9 @@ def _uid(ds: FileDataset, keyword: str) -> str:
 
 
 def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
-    return str(ds.get(keyword, "") or "").strip()[:max_length]
+    # PostgreSQL cannot store NUL in a text column; padding NULs are common.
+    value = str(ds.get(keyword, "") or "").replace("\x00", "")
+    return value.strip()[:max_length]
 
 
 def _integer(ds: FileDataset, keyword: str) -> int | None:

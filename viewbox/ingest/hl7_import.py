@@ -131,6 +131,16 @@ def import_message(raw: str, source_name: str = "") -> ImportResult:
     duplicate and changes nothing. A message rejected before may be sent
     again, and an identical rejection does not store a second row.
     """
+    if "\x00" in raw:
+        # HL7 v2 text has no NUL, and PostgreSQL cannot store one in a text
+        # column, so the rejected row keeps U+FFFD in its place.
+        kept = raw.replace("\x00", "\ufffd")
+        return _reject(
+            kept,
+            source_name,
+            *read_header_labels(kept),
+            HL7Error("message contains a NUL character (0x00)"),
+        )
     limit = settings.HL7_MAX_MESSAGE_LENGTH
     if len(raw) > limit:
         # Only the start is kept, so that the rejected row stays small.

@@ -241,6 +241,26 @@ class TestHl7Fuzz:
         assert outcomes["processed"] + outcomes["duplicate"] > 0, outcomes
 
 
+@pytest.mark.django_db
+class TestNulCharacters:
+    def test_hl7_message_with_nul_is_rejected(self, california) -> None:
+        result = import_message("\x00" + BASE_HL7[0])
+        assert result.status == "rejected"
+        assert result.error == "message contains a NUL character (0x00)"
+        row = HL7Message.objects.get()
+        assert row.raw == "\ufffd" + BASE_HL7[0]
+
+    def test_dicom_text_with_nul_is_stored_without_it(
+        self, alice_exam, tmp_path
+    ) -> None:
+        ds = pydicom.dcmread(BytesIO(BASE_DICOM[0]))
+        ds.SeriesDescription = "Head\x00axial"
+        path = tmp_path / "nul.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert import_one(path) == "stored"
+        assert Instance.objects.get().series.description == "Headaxial"
+
+
 def corrupt_copies(folder: Path, count: int) -> None:
     """Write ``count`` mutated images whose header still parses, so that most
     are stored and reach the renderer with broken pixel data."""

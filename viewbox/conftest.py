@@ -1,12 +1,15 @@
 """Shared test fixtures: a directory, fake patients and real DICOM files."""
 
 import importlib.util
+import os
+import tempfile
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -17,6 +20,7 @@ from viewbox.browser_fixtures import browser, demo_site  # noqa: F401 (fixtures)
 from viewbox.directory.models import ImagingGroup, Location, State
 from viewbox.frontdesk.two_factor import SESSION_VERIFIED
 from viewbox.records.models import Exam, Patient, ReportVersion, Visit
+from viewbox.tests import log_scan
 
 
 def package_path(package: str, relative: str) -> Path:
@@ -191,3 +195,51 @@ def mail_catcher(settings: Any) -> Iterator[MailCatcher]:
             },
         }
         yield catcher
+
+
+# Every log record of the session, from this process and from the processes
+# the tests start, is checked at the end for patient data and secrets. Any
+# find fails the run (see viewbox/tests/log_scan.py).
+_SESSION_LOG = pytest.StashKey[log_scan.SessionLog]()
+_LEAKS = pytest.StashKey[list[log_scan.Leak]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    handle, name = tempfile.mkstemp(prefix="viewbox-test-", suffix=".log")
+    os.close(handle)
+    session_log = log_scan.SessionLog(Path(name))
+    session_log.start()
+    session.config.stash[_SESSION_LOG] = session_log
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session_log = session.config.stash.get(_SESSION_LOG, None)
+    if session_log is None:
+        return
+    session_log.stop()
+    paths = [session_log.path]
+    keys = [settings.SECRET_KEY, settings.ICODE_HASH_KEY]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None and factory._basetemp is not None:
+        temp = factory.getbasetemp()
+        paths += sorted(temp.rglob("*.log"))
+        keys += [p.read_text().strip() for p in temp.rglob("*_key") if p.is_file()]
+    leaks = log_scan.find_leaks(paths, log_scan.build_needles(keys))
+    session_log.path.unlink()
+    session.config.stash[_LEAKS] = leaks
+    if leaks and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    leaks = terminalreporter.config.stash.get(_LEAKS, [])
+    if not leaks:
+        return
+    terminalreporter.section("patient data or secrets in the log", red=True)
+    for leak in leaks:
+        terminalreporter.line(
+            f"{leak.source}:{leak.line_number}: logger {leak.logger}: "
+            f"{leak.masked_line}"
+        )
+    terminalreporter.line(f"{len(leaks)} log lines leak; the run fails.", red=True)

@@ -371,3 +371,25 @@ LOGGING = {
     # and that is logged once by the access module.
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# Hardening: limits on input size. They guard memory and disk against
+# runaway or hostile input. They are not clinical limits, so an operator
+# whose modalities make larger objects raises them through the environment.
+# Form posts keep Django's default limits (2.5 MB), far above the few
+# kilobytes of the patient's forms. Bodies read as a stream
+# (request.read()) are not limited by these.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
+# One DICOM file, checked before it is parsed (VIEWBOX_DICOM_MAX_FILE_BYTES).
+DICOM_MAX_FILE_BYTES = int(
+    os.environ.get("VIEWBOX_DICOM_MAX_FILE_BYTES", str(2 * 1024**3))
+)
+# One HL7 message, in characters, and one file of messages, in bytes. A
+# report with an embedded PDF (base64 in OBX-5) can run to megabytes.
+HL7_MAX_MESSAGE_LENGTH = int(
+    os.environ.get("VIEWBOX_HL7_MAX_MESSAGE_LENGTH", str(8 * 1024**2))
+)
+HL7_MAX_FILE_BYTES = int(
+    os.environ.get("VIEWBOX_HL7_MAX_FILE_BYTES", str(256 * 1024**2))
+)

@@ -16,6 +16,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pydicom
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
 from pydicom.dataset import FileDataset
@@ -61,7 +62,9 @@ def _uid(ds: FileDataset, keyword: str) -> str:
 
 
 def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
-    return str(ds.get(keyword, "") or "").strip()[:max_length]
+    # PostgreSQL cannot store NUL in a text column; padding NULs are common.
+    value = str(ds.get(keyword, "") or "").replace("\x00", "")
+    return value.strip()[:max_length]
 
 
 def _integer(ds: FileDataset, keyword: str) -> int | None:
@@ -84,6 +87,11 @@ def _check_pixel_data(ds: FileDataset) -> None:
     if _PIXEL_DATA not in ds:
         return
     transfer_syntax = ds.file_meta.TransferSyntaxUID
+    if not transfer_syntax.is_transfer_syntax:
+        raise UnusableDicomError(
+            "Transfer Syntax UID (0002,0010) is not a known transfer syntax: "
+            f"{str(transfer_syntax)[:70]!r}"
+        )
     if transfer_syntax.is_compressed:
         return
     rows, columns = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
@@ -107,6 +115,12 @@ def read_header(path: Path) -> FileDataset:
 
     Raises UnusableDicomError when the file cannot be stored.
     """
+    size = path.stat().st_size
+    if size > settings.DICOM_MAX_FILE_BYTES:
+        raise UnusableDicomError(
+            f"file is {size} bytes, more than the limit of "
+            f"{settings.DICOM_MAX_FILE_BYTES} (DICOM_MAX_FILE_BYTES)"
+        )
     try:
         ds = pydicom.dcmread(path, defer_size="64 KB")
     except InvalidDicomError as error:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.db import DataError, IntegrityError, models, transaction
 from django.utils import timezone
 
@@ -118,6 +119,15 @@ def import_file(path: Path | str) -> list[ImportResult]:
     Raises OSError when the file cannot be read.
     """
     path = Path(path)
+    size = path.stat().st_size
+    if size > settings.HL7_MAX_FILE_BYTES:
+        return [
+            _quarantine(
+                path,
+                f"file is {size} bytes, more than the limit of "
+                f"{settings.HL7_MAX_FILE_BYTES} (HL7_MAX_FILE_BYTES)",
+            )
+        ]
     data = path.read_bytes()
     try:
         messages = split_file(data)
@@ -140,6 +150,29 @@ def import_message(
     and an identical rejection does not store a second row. ``retry_of`` is
     the REJECTED row that staff retry; it is updated instead of adding a row.
     """
+    if "\x00" in raw:
+        # HL7 v2 text has no NUL, and PostgreSQL cannot store one in a text
+        # column, so the rejected row keeps U+FFFD in its place.
+        kept = raw.replace("\x00", "\ufffd")
+        return _reject(
+            kept,
+            source_name,
+            *read_header_labels(kept),
+            HL7Error("message contains a NUL character (0x00)"),
+        )
+    limit = settings.HL7_MAX_MESSAGE_LENGTH
+    if len(raw) > limit:
+        # Only the start is kept, so that the rejected row stays small.
+        head = raw[:limit]
+        return _reject(
+            head,
+            source_name,
+            *read_header_labels(head),
+            HL7Error(
+                f"message is {len(raw)} characters, more than the limit of "
+                f"{limit} (HL7_MAX_MESSAGE_LENGTH)"
+            ),
+        )
     texts = split_messages(raw)
     text = texts[0] if len(texts) == 1 else raw
     message_type, control_id = read_header_labels(text)

@@ -4,8 +4,9 @@ Everything in ``viewbox.settings`` applies, read from the same environment
 variables, with these differences:
 
 - ``VIEWBOX_SECRET_KEY``, ``VIEWBOX_ICODE_KEY`` and ``VIEWBOX_AUDIT_KEY``
-  must be set, at least 50 characters each. Without them the site does not start. It never generates
-  keys into the data folder, where a backup would carry them away.
+  must be set, at least 50 characters each. Without them the site does
+  not start. It never generates keys into the data folder, where a backup
+  would carry them away.
 - ``VIEWBOX_ALLOWED_HOSTS`` must be set to the host names served.
 - Debug pages and the demo mailbox are off whatever the environment says.
 - HTTPS only: redirects from HTTP, HSTS for a year with subdomains and

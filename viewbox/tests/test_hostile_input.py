@@ -23,7 +23,11 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
-from viewbox.conftest import package_path, sign_in_with_icode
+from viewbox.conftest import (
+    log_in_verified_staff,
+    package_path,
+    sign_in_with_icode,
+)
 from viewbox.downloads.models import Package
 from viewbox.ingest.hl7_import import import_message
 from viewbox.ingest.models import QuarantinedFile
@@ -157,7 +161,7 @@ class TestMarkupInPages:
             "staff", "staff@example.com", "a long staff passphrase"
         )
         client = Client()
-        client.force_login(staff)
+        log_in_verified_staff(client, staff)
         urls = [
             reverse(
                 f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"

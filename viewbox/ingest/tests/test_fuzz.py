@@ -222,9 +222,12 @@ class TestHl7Fuzz:
         @FUZZ_SETTINGS
         @given(text=mutated_hl7())
         def check(text: str) -> None:
-            # Each example starts with no processed message, so that a copy
-            # is applied again instead of being skipped as a duplicate.
-            HL7Message.objects.filter(status=HL7Message.Status.PROCESSED).delete()
+            # Each example starts with no stored message, so that a copy is
+            # applied again instead of being skipped as a duplicate, and an
+            # applied message cannot resolve rejections of earlier examples.
+            # Resolved rows point at the message that resolved them: first.
+            HL7Message.objects.exclude(resolved_by=None).delete()
+            HL7Message.objects.all().delete()
             rejected = HL7Message.objects.filter(status=HL7Message.Status.REJECTED)
             before = rejected.count()
             result = import_message(text)

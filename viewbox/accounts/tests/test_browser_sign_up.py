@@ -34,8 +34,8 @@ class TestSignUpInBrowser:
         page.goto(demo_site.base + SIGN_UP)
         today = date.today()
         fill_about_you(page, f"{today.month}/{min(today.day, 28)}/{today.year - 16}")
-        assert page.get_by_role("heading", name="Accounts are for adults").is_visible()
-        assert page.get_by_role("link", name="Enter I-Code").is_visible()
+        page.get_by_role("heading", name="Accounts are for adults").wait_for()
+        page.get_by_role("link", name="Enter I-Code").wait_for()
         page.close()
 
     def test_sign_up_shows_both_visits(self, demo_site, browser) -> None:
@@ -43,11 +43,11 @@ class TestSignUpInBrowser:
         page = context.new_page()
         page.goto(demo_site.base + "/g/advanced-radiology/towson/")
         page.get_by_role("link", name="Create a new account").click()
-        assert page.get_by_text("Step 1 of 4").is_visible()
+        page.get_by_text("Step 1 of 4").wait_for()
         fill_about_you(page, "09/30/1975")
 
         # Step 2: the choices come from the demo patient's own visits.
-        assert page.get_by_text("Step 2 of 4").is_visible()
+        page.get_by_text("Step 2 of 4").wait_for()
         legends = page.locator("fieldset.question legend").all_inner_texts()
         assert len(legends) >= 3
         answers = self._right_answers(page, legends)
@@ -56,14 +56,14 @@ class TestSignUpInBrowser:
             group.get_by_label(label, exact=True).check()
         page.get_by_role("button", name="Continue").click()
 
-        assert page.get_by_text("Step 3 of 4").is_visible()
+        page.get_by_text("Step 3 of 4").wait_for()
         page.get_by_label("User ID").fill("barbara.browser")
         page.get_by_label("Email address").fill("barbara@example.com")
         page.get_by_label("Password", exact=True).fill("a long passphrase for tests")
         page.get_by_label("Password again").fill("a long passphrase for tests")
         page.get_by_role("button", name="Send me a code").click()
 
-        assert page.get_by_text("Step 4 of 4").is_visible()
+        page.get_by_text("Step 4 of 4").wait_for()
         message = demo_site.mail.wait_for(lambda m: m["To"] == "barbara@example.com")
         text = message.get_body(("plain",)).get_content()
         code = re.search(r"\b(\d{3}[ -]?\d{3})\b", text).group(1)

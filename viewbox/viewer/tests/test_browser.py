@@ -27,11 +27,9 @@ class TestPatientWithICode:
         )
 
         page.get_by_role("link", name=re.compile("CT HEAD WITHOUT CONTRAST")).click()
-        assert page.get_by_text("DEMOCT1001").is_visible()
+        page.get_by_text("DEMOCT1001").wait_for()
         page.get_by_role("link", name="Report").click()
-        assert page.get_by_text(
-            "Your report is signed and will be available soon"
-        ).is_visible()
+        page.get_by_text("Your report is signed and will be available soon").wait_for()
         assert page.get_by_text("Abnormal head CT").count() == 0
 
         page.get_by_role("link", name="Images").click()
@@ -59,9 +57,9 @@ class TestPatientWithICode:
 
         page.get_by_role("link", name=re.compile("US ECHOCARDIOGRAM")).first.click()
         page.get_by_role("link", name="Report").click()
-        assert page.get_by_text(
+        page.get_by_text(
             "ADDENDUM: Trace mitral regurgitation & no other valve disease."
-        ).is_visible()
+        ).wait_for()
 
         page.get_by_role("link", name="Images").click()
         page.locator(".tile__link").first.click()

@@ -73,6 +73,12 @@ class HelpRequest(models.Model):
     class Meta:
         ordering = ["created_at", "pk"]
         verbose_name = _("Get Help request")
+        permissions = [
+            (
+                "use_front_desk",
+                "Can print Portal Passes, answer Get Help and attach images",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Get Help request {self.pk}"

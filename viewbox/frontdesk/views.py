@@ -7,12 +7,14 @@ of birth are health information.
 """
 
 import functools
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -27,20 +29,29 @@ from viewbox.frontdesk.portal_pass import render_portal_pass
 from viewbox.frontdesk.two_factor import is_verified_staff
 from viewbox.records.models import Exam, Visit
 
+logger = logging.getLogger(__name__)
+
 View = Callable[..., HttpResponse]
+FRONT_DESK_PERMISSION = "frontdesk.use_front_desk"
 
 
 def staff_required(view: View) -> View:
-    """Send anyone but a staff member who passed both log-in steps to log in.
+    """Let through staff who passed both log-in steps and work at the front desk.
 
-    NOTE: every such staff member may use every front desk page; no Django
-    permission narrows it down yet.
+    Other staff, such as auditors, get 403: printing a pass issues an I-Code
+    that opens a patient's exams.
     """
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not is_verified_staff(request):
             return redirect_to_login(request.get_full_path(), reverse("staff_log_in"))
+        if not request.user.has_perm(FRONT_DESK_PERMISSION):
+            logger.warning(
+                "Front desk page refused to staff user %s without permission",
+                request.user.pk,
+            )
+            raise PermissionDenied
         return view(request, *args, **kwargs)
 
     return wrapper

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from viewbox.conftest import log_in_verified_staff, make_exam, make_patient
@@ -14,9 +14,11 @@ STAFF_PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def staff_member(db: None) -> User:
-    return get_user_model().objects.create_user(
+    user = get_user_model().objects.create_user(
         "rita.reception", password=STAFF_PASSWORD, is_staff=True
     )
+    user.groups.add(Group.objects.get(name="Front desk"))
+    return user
 
 
 @pytest.fixture

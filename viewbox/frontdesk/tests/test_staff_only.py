@@ -1,9 +1,11 @@
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
 from viewbox.access.models import ICode
+from viewbox.conftest import log_in_verified_staff
 from viewbox.frontdesk.tests.conftest import STAFF_PASSWORD
 
 STAFF_PAGES = [
@@ -51,6 +53,20 @@ class TestFrontDeskIsStaffOnly:
         response = _request(client, method, name, args, exam.visit_id)
         assert response.status_code == 302
         assert response["Location"].startswith("/staff/login/")
+
+    @pytest.mark.parametrize(("method", "name", "args"), STAFF_PAGES)
+    def test_staff_outside_the_front_desk_get_403(
+        self, exam, method, name, args
+    ) -> None:
+        auditor = get_user_model().objects.create_user(
+            "audrey.auditor", password=STAFF_PASSWORD, is_staff=True
+        )
+        auditor.groups.add(Group.objects.get(name="Auditors"))
+        client = Client()
+        log_in_verified_staff(client, auditor)
+        response = _request(client, method, name, args, exam.visit_id)
+        assert response.status_code == 403
+        assert not ICode.objects.exists()
 
     def test_refused_print_issues_no_code(self, exam, staff_member) -> None:
         client = Client()

@@ -65,6 +65,8 @@ ACTIVITY_ACTIONS = frozenset(SUCCESS_SENTENCES) | frozenset(FAILURE_SENTENCES)
 ACTOR_NAMES: dict[str, Promise] = {
     "account": _("You"),
     "icode": _("You"),
+    "other_icode": _("Someone with an I-Code for your visit"),
+    "other_account": _("Someone logged in to your account"),
     "share": _("Someone using your shared link %(link)s"),
     "staff": _("A staff member"),
     "user": _("A staff member"),
@@ -73,6 +75,8 @@ ACTOR_NAMES: dict[str, Promise] = {
 VIA_NAMES: dict[str, Promise] = {
     "account": _("With your account"),
     "icode": _("With an I-Code"),
+    "other_icode": _("With an I-Code"),
+    "other_account": _("With your account"),
     "share": _("With a shared link"),
     "staff": _("By the imaging group"),
     "user": _("By the imaging group"),

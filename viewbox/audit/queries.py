@@ -15,6 +15,8 @@ from viewbox.records.models import Exam
 # Requesters who may see a patient's access history: the patient, through an
 # account or an I-Code. Recipients of shared links may not.
 ACTIVITY_REQUESTER_KINDS = frozenset({"account", "icode"})
+# Entries about the visit's I-Codes, shown to I-Code sessions too.
+VISIT_CODE_ACTIONS = ("icode.issue", "icode.revoke", "icode.help_approve")
 # The model of shared links, with a ``nickname`` field, when installed.
 SHARE_LINK_MODEL: str = "sharing.ShareLink"
 
@@ -30,8 +32,20 @@ def activity_events(requester: Requester) -> QuerySet[AuditEvent]:
         patient_id=requester.patient_id, action__in=ACTIVITY_ACTIONS
     )
     if requester.kind == "icode":
+        from viewbox.sharing.actions import links_for
+
         own_entries = Q(actor_kind="icode", actor_id=str(requester.actor_id))
-        events = events.filter(Q(exam_id__in=requester.exam_ids) | own_entries)
+        # Links to the code's exams, and what recipients did with them.
+        link_ids = list(links_for(requester).values_list("pk", flat=True))
+        link_entries = Q(share_link_id__in=link_ids) | Q(
+            actor_kind="share", actor_id__in=[str(pk) for pk in link_ids]
+        )
+        events = events.filter(
+            Q(exam_id__in=requester.exam_ids)
+            | own_entries
+            | link_entries
+            | Q(action__in=VISIT_CODE_ACTIONS)
+        )
     return events.order_by("-sequence")
 
 
@@ -54,13 +68,30 @@ def describe_events(
     for event in events:
         exam_name = exam_names.get(event.exam_id or 0, _("an exam"))
         link_name = _link_name(_link_id(event), link_names)
-        actor_kind = event.actor_kind
-        # A recipient acting on the link itself is named once, as "Someone".
-        if actor_kind == "share" and event.action.startswith("share."):
-            actor_kind = "anonymous"
+        actor_kind = _actor_kind_for(requester, event)
         line = describe(event.action, event.outcome, actor_kind, exam_name, link_name)
         items.append(ActivityItem(at=event.at, line=line))
     return items
+
+
+def _actor_kind_for(requester: Requester, event: AuditEvent) -> str:
+    """Return the actor kind to name, seen from the patient reading the page.
+
+    "You" is only the same I-Code or the account reading the page; another
+    I-Code of the patient is named as such, since front desk may have given
+    it to someone else.
+    """
+    kind = event.actor_kind
+    # A recipient acting on the link itself is named once, as "Someone".
+    if kind == "share" and event.action.startswith("share."):
+        return "anonymous"
+    if kind == "icode" and not (
+        requester.kind == "icode" and event.actor_id == str(requester.actor_id)
+    ):
+        return "other_icode"
+    if kind == "account" and requester.kind != "account":
+        return "other_account"
+    return kind
 
 
 def _link_name(link_id: int | None, names: dict[int, str]) -> str:

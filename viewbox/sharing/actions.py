@@ -272,6 +272,7 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
         actor_kind="share",
         actor_id=link.pk,
         patient_id=link.patient_id,
+        share_link_id=link.pk,
         client_address=address,
     )
     if outcome == ShareAccess.Outcome.WRONG:

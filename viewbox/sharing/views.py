@@ -241,6 +241,7 @@ def open_link(request: HttpRequest, token: str) -> HttpResponse:
                 actor_kind="share",
                 actor_id=link.pk,
                 patient_id=link.patient_id,
+                share_link_id=link.pk,
                 client_address=client_address(request),
             )
     return redirect("sharing:password")

@@ -1,10 +1,11 @@
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
+from viewbox.access.models import ICode
 from viewbox.access.scope import Requester
 from viewbox.accounts.models import Account
 from viewbox.audit import queries
@@ -12,6 +13,7 @@ from viewbox.audit.actions import record_event
 from viewbox.audit.models import AuditEvent
 from viewbox.conftest import make_exam, make_patient, sign_in_with_icode
 from viewbox.records.models import Exam, Patient
+from viewbox.sharing.models import ShareLink
 
 PASSWORD = "a long patient passphrase"
 ACTIVITY_URL = "/activity/"
@@ -208,9 +210,43 @@ class TestICodeActivity:
 
         page = client.get(ACTIVITY_URL).content.decode()
 
-        assert "You viewed the report of CT CHEST WITHOUT CONTRAST" in page
+        assert (
+            "Someone logged in to your account viewed the report of "
+            "CT CHEST WITHOUT CONTRAST"
+        ) in page
         assert "MRI KNEE" not in page
         assert "You signed in with an I-Code." in page
+
+    def test_names_another_icode_apart_from_you(self, client, rosa_chest) -> None:
+        view_event(rosa_chest, "images.list", actor_kind="icode", actor_id=12345)
+        sign_in_with_icode(client, rosa_chest)
+        page = client.get(ACTIVITY_URL).content.decode()
+        assert "Someone with an I-Code for your visit viewed the images" in page
+        assert "You viewed the images" not in page
+
+    def test_sees_recipients_of_links_to_its_exams(self, client, rosa_chest) -> None:
+        sign_in_with_icode(client, rosa_chest)
+        link = ShareLink.objects.create(
+            patient=rosa_chest.visit.patient,
+            icode=ICode.objects.get(),
+            nickname="For Dr. Lee",
+            token_hash="0" * 64,
+            password_hash="x",
+            expires_on=date(2099, 1, 1),
+            expires_at=datetime(2099, 1, 2, tzinfo=UTC),
+        )
+        link.exams.set([rosa_chest])
+        record_event(
+            "share.password",
+            outcome="failure",
+            actor_kind="share",
+            actor_id=link.pk,
+            patient_id=rosa_chest.visit.patient_id,
+            share_link_id=link.pk,
+        )
+        page = client.get(ACTIVITY_URL).content.decode()
+        assert "entered a wrong password for the shared link" in page
+        assert "For Dr. Lee" in page
 
     def test_does_not_see_the_accounts_sign_ins(
         self, client, maryland, rosa_account, rosa_chest

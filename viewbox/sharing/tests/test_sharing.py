@@ -509,6 +509,13 @@ class TestPasswords:
         response = recipient.post(reverse("sharing:password"), {"password": "guess"})
         assert response.status_code == 429
         assert "The link is paused" in response.content.decode()
+        # The patient may lift the pause at once.
+        link = ShareLink.objects.get()
+        detail = patient.get(reverse("sharing:detail", args=[link.public_id]))
+        assert "Unlock link" in detail.content.decode()
+        patient.post(reverse("sharing:unlock", args=[link.public_id]))
+        response = recipient.post(reverse("sharing:password"), {"password": PASSWORD})
+        assert response.status_code == 302
 
     def test_a_hundred_wrong_passwords_lock_until_the_patient_unlocks(
         self, patient, records, settings

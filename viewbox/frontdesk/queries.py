@@ -1,15 +1,22 @@
 """Look-ups for the front desk. Only verified staff reach the views that call them."""
 
+import logging
 import re
 import unicodedata
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 
+import pydicom
+from django.core.files.storage import default_storage
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from pydicom.errors import InvalidDicomError
 
 from viewbox.access.models import ICode
 from viewbox.frontdesk.models import HelpRequest
-from viewbox.records.models import Exam, Study, Visit
+from viewbox.records.models import Exam, Instance, Study, Visit
+
+logger = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
 
@@ -95,3 +102,59 @@ def exams_by_accession(accession_number: str) -> QuerySet[Exam]:
 
 def icode_is_expired(icode: ICode) -> bool:
     return icode.expires_at <= timezone.now()
+
+
+@dataclass(frozen=True)
+class StudyPatient:
+    """Who the images say they show, read from one stored file's header."""
+
+    name_words: frozenset[str]
+    display_name: str
+    birth_date: date | None
+    description: str
+
+
+def study_patient(study: Study) -> StudyPatient | None:
+    """Return the patient details in the header of one of the study's files."""
+    instance = Instance.objects.filter(series__study=study).order_by("pk").first()
+    if instance is None:
+        return None
+    try:
+        with default_storage.open(instance.file, "rb") as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True)
+    except (OSError, InvalidDicomError) as error:
+        logger.warning("Cannot read the header of instance %d: %s", instance.pk, error)
+        return None
+    raw_name = str(header.get("PatientName", "") or "")
+    words = frozenset(_name_words(raw_name))
+    birth = None
+    try:
+        value = str(header.get("PatientBirthDate", "") or "")
+        birth = datetime.strptime(value, "%Y%m%d").date() if value else None
+    except ValueError:
+        birth = None
+    display = " ".join(part for part in reversed(raw_name.split("^")[:2]) if part)
+    return StudyPatient(
+        name_words=words,
+        display_name=display,
+        birth_date=birth,
+        description=str(header.get("StudyDescription", "") or ""),
+    )
+
+
+def details_differ(found: StudyPatient | None, exam: Exam) -> bool:
+    """Return True when the images' name or birth date disagree with the exam's.
+
+    Images without readable details count as differing, so that staff
+    confirm the choice.
+    """
+    if found is None:
+        return True
+    patient = exam.visit.patient
+    if not _name_words(patient.family_name) <= found.name_words:
+        return True
+    return found.birth_date is not None and found.birth_date != patient.birth_date
+
+
+def _name_words(name: str) -> set[str]:
+    return {word.casefold() for word in re.split(r"[\^\s,-]+", name) if word}

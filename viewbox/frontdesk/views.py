@@ -211,11 +211,17 @@ def choose_exam(request: HttpRequest, study_id: int) -> HttpResponse:
     study = get_object_or_404(queries.unmatched_studies(), pk=study_id)
     accession_number = request.POST.get("accession_number", "").strip()
     exams = queries.exams_by_accession(accession_number) if accession_number else None
+    found = queries.study_patient(study)
     context = {
         "title": _("Attach images to an exam"),
         "study": study,
+        "found": found,
         "accession_number": accession_number,
-        "exams": exams,
+        "rows": (
+            [(exam, queries.details_differ(found, exam)) for exam in exams]
+            if exams is not None
+            else None
+        ),
     }
     return _render(request, "frontdesk/choose_exam.html", context)
 
@@ -228,7 +234,21 @@ def attach_images(request: HttpRequest, study_id: int) -> HttpResponse:
         exam_id = uuid.UUID(request.POST.get("exam", ""))
     except ValueError as error:
         raise Http404("Not found") from error
-    exam = get_object_or_404(Exam.objects.select_related("visit"), public_id=exam_id)
+    exam = get_object_or_404(
+        Exam.objects.select_related("visit__patient"), public_id=exam_id
+    )
+    differ = queries.details_differ(queries.study_patient(study), exam)
+    if differ and request.POST.get("confirm_mismatch") != "on":
+        # Images of one patient on another's exam would show them to the
+        # wrong person: a mismatch needs an explicit confirmation.
+        messages.error(
+            request,
+            _(
+                "The name or date of birth in the images differs from the "
+                "exam's patient. Tick the confirmation to attach them anyway."
+            ),
+        )
+        return redirect("frontdesk:unmatched_images")
     try:
         actions.attach_study(request.user, study.pk, exam)  # type: ignore[arg-type]
     except actions.StudyAlreadyAttached:

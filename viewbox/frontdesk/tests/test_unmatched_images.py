@@ -1,10 +1,14 @@
 import uuid
 from datetime import date
 
+import pydicom
 import pytest
 from django.urls import reverse
+from pydicom.uid import generate_uid
 
 from viewbox.audit.models import AuditEvent
+from viewbox.conftest import package_path
+from viewbox.ingest.dicom_import import import_dicom_file
 from viewbox.records.models import Study
 
 
@@ -62,7 +66,10 @@ class TestUnmatchedImages:
         self, staff_client, staff_member, waiting_study, exam
     ) -> None:
         url = reverse("frontdesk:attach_images", args=[waiting_study.pk])
-        response = staff_client.post(url, {"exam": str(exam.public_id)}, follow=True)
+        # The study has no stored file, so staff must confirm the choice.
+        response = staff_client.post(
+            url, {"exam": str(exam.public_id), "confirm_mismatch": "on"}, follow=True
+        )
         assert b"The images are attached to the exam." in response.content
         waiting_study.refresh_from_db()
         assert waiting_study.exam == exam
@@ -70,3 +77,51 @@ class TestUnmatchedImages:
         assert event.actor_kind == "staff"
         assert event.actor_id == str(staff_member.pk)
         assert event.exam_id == exam.pk
+
+
+def import_waiting_ct(tmp_path, name: str, birth: str) -> Study:
+    """Import a real CT whose accession number matches no order yet."""
+    ds = pydicom.dcmread(package_path("data_store", "data/693_J2KR.dcm"))
+    ds.PatientName = name
+    ds.PatientBirthDate = birth
+    ds.PatientID = "MRN-UNKNOWN"
+    ds.AccessionNumber = "ACC-TYPO-2"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "waiting.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    import_dicom_file(path)
+    return Study.objects.get(accession_number="ACC-TYPO-2")
+
+
+@pytest.mark.django_db
+class TestAttachChecksThePatient:
+    def test_other_patients_images_need_a_confirmation(
+        self, staff_client, exam, tmp_path
+    ) -> None:
+        study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "19600101")
+        choose = reverse("frontdesk:choose_exam", args=[study.pk])
+        page = staff_client.post(choose, {"accession_number": "ACC-FD-1"})
+        assert b"Olive OTHER" in page.content or b"OLIVE OTHER" in page.content
+        assert b"differs from the images" in page.content
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        response = staff_client.post(attach, {"exam": str(exam.public_id)}, follow=True)
+        assert b"Tick the confirmation" in response.content
+        study.refresh_from_db()
+        assert study.exam is None
+        staff_client.post(
+            attach, {"exam": str(exam.public_id), "confirm_mismatch": "on"}
+        )
+        study.refresh_from_db()
+        assert study.exam == exam
+
+    def test_matching_images_attach_at_once(self, staff_client, exam, tmp_path) -> None:
+        study = import_waiting_ct(tmp_path, "TESTPATIENT^FIONA", "19800412")
+        choose = reverse("frontdesk:choose_exam", args=[study.pk])
+        page = staff_client.post(choose, {"accession_number": "ACC-FD-1"})
+        assert b"differs from the images" not in page.content
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        staff_client.post(attach, {"exam": str(exam.public_id)})
+        study.refresh_from_db()
+        assert study.exam == exam

@@ -72,8 +72,18 @@ def _portal_url(request: HttpRequest, visit: Visit) -> str:
     return request.build_absolute_uri(reverse("viewer:group_portal", args=[group.slug]))
 
 
-def _start_url(request: HttpRequest) -> str:
-    return request.build_absolute_uri(reverse("viewer:start"))
+def _help_sign_in_url(request: HttpRequest, help_request_id: int) -> str:
+    """Return the sign-in page of the location a Get Help request came from."""
+    help_request = (
+        HelpRequest.objects.select_related("location__group")
+        .filter(pk=help_request_id)
+        .first()
+    )
+    if help_request is None:
+        return request.build_absolute_uri(reverse("viewer:start"))
+    location = help_request.location
+    path = reverse("viewer:sign_in_choices", args=[location.group.slug, location.slug])
+    return request.build_absolute_uri(path)
 
 
 @require_http_methods(["GET", "POST"])
@@ -161,7 +171,7 @@ def approve_help(request: HttpRequest, help_request_id: int) -> HttpResponse:
         actions.approve_help_request(
             request.user,  # type: ignore[arg-type]
             help_request_id,
-            _start_url(request),
+            _help_sign_in_url(request, help_request_id),
         )
     except actions.NoMatch:
         messages.error(
@@ -183,7 +193,7 @@ def decline_help(request: HttpRequest, help_request_id: int) -> HttpResponse:
         actions.decline_help_request(
             request.user,  # type: ignore[arg-type]
             help_request_id,
-            _start_url(request),
+            _help_sign_in_url(request, help_request_id),
         )
     except actions.NotPending:
         messages.error(request, _("This request was already answered."))

@@ -78,6 +78,14 @@ class ShareForm(forms.Form):
             attrs={"autocomplete": "new-password"}, render_value=False
         ),
     )
+    password_again = forms.CharField(
+        label=_("Password again"),
+        strip=False,
+        error_messages={"required": _("Type the password again.")},
+        widget=forms.PasswordInput(
+            attrs={"autocomplete": "new-password"}, render_value=False
+        ),
+    )
     expires_on = ExpiryField()
     permission = forms.ChoiceField(
         label=_("What may the recipient do?"),
@@ -135,6 +143,14 @@ class ShareForm(forms.Form):
         if not nickname:
             raise forms.ValidationError(_("Enter a nickname for the link."))
         return nickname
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        password = cleaned.get("password")
+        again = cleaned.get("password_again")
+        if password and again and password != again:
+            self.add_error("password_again", _("The two passwords are not the same."))
+        return cleaned
 
     def clean_password(self) -> str:
         password: str = self.cleaned_data["password"]

@@ -86,6 +86,7 @@ def share_form(chosen: list[Exam], **changes: Any) -> dict[str, Any]:
         "acknowledge_phi": "on",
     }
     data.update(changes)
+    data.setdefault("password_again", data["password"])
     return {key: value for key, value in data.items() if value is not None}
 
 
@@ -628,6 +629,7 @@ class TestCreateForm:
             "Check the box to confirm that you understand.": {"acknowledge_phi": None},
             "Enter a nickname for the link.": {"nickname": "  "},
             "Enter a date like 2027-03-31.": {"expires_on": "31 Dec"},
+            "The two passwords are not the same.": {"password_again": "maple lantern"},
         }
         for message, change in cases.items():
             response = patient.post(

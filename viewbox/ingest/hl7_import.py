@@ -17,7 +17,7 @@ message is applied the same way whichever way it arrives.
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -48,6 +48,9 @@ from viewbox.records.models import Exam, Patient, ReportVersion, Visit
 from viewbox.records.release import SIGNED_STATUSES
 
 logger = logging.getLogger(__name__)
+
+# Signing times up to this far ahead of our clock are taken as clock skew.
+SIGNING_CLOCK_SKEW = timedelta(minutes=5)
 
 ACTOR_KIND = "hl7"
 # ORC-1 order control codes (HL7 table 0119) that are applied.
@@ -780,6 +783,14 @@ def _import_report(context: _Context) -> _Changes:
             raise HL7Error(
                 "final report without a signing time: OBR-32.2 and OBR-22 are empty",
                 "OBR-32",
+            )
+        if signed_at > timezone.now() + SIGNING_CLOCK_SKEW:
+            # The release hold counts from the signing time; one in the
+            # future would hold the report for longer than the law asks.
+            raise HL7Error(
+                f"signing time {signed_at.isoformat()} is in the future; "
+                "check the RIS clock and time zone, then retry",
+                "OBR-32" if interpreted_at is not None else "OBR-22",
             )
     text = _read_report_text(message)
     if not text.strip():

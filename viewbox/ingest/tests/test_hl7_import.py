@@ -412,6 +412,24 @@ class TestFinalReportWithoutSigningTime:
 
 
 @pytest.mark.django_db
+class TestSigningTimeInTheFuture:
+    def test_report_signed_in_the_future_is_rejected(self, alice_order) -> None:
+        before = stored_rows()
+
+        result = import_message(
+            oru(
+                "MSG0710",
+                interpreter="1112223334&Reader&Ima&&&Dr.^20991121150000",
+                status_changed="20991121151500",
+            )
+        )
+
+        assert result.status == "rejected"
+        assert "is in the future" in result.error
+        assert stored_rows() == before
+
+
+@pytest.mark.django_db
 class TestOrderForAnotherPatient:
     def test_order_cannot_move_an_exam_to_another_patient(self, alice_order) -> None:
         before = stored_rows()

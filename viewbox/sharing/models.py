@@ -67,11 +67,21 @@ class ShareLink(models.Model):
         return self.expires_at <= timezone.now()
 
     def status(self) -> str:
-        """Return revoked, expired, locked, paused or active."""
+        """Return revoked, expired, ended, locked, paused or active.
+
+        "ended" is a link whose I-Code or account no longer works.
+        """
         if self.revoked_at is not None:
             return "revoked"
         if self.is_expired():
             return "expired"
+        icode = self.icode
+        if icode is not None and (
+            icode.revoked_at is not None or icode.expires_at <= timezone.now()
+        ):
+            return "ended"
+        if self.account is not None and not self.account.user.is_active:
+            return "ended"
         if self.locked_at is not None:
             return "locked"
         if self.paused_until is not None and self.paused_until > timezone.now():

@@ -139,7 +139,9 @@ def links(request: HttpRequest, requester: Requester) -> HttpResponse:
     exams = context["exams"]
     context["time_zone"] = actions.link_time_zone(exams) if exams else UTC
     context["links"] = list(
-        actions.links_for(requester).prefetch_related("exams__visit__location")
+        actions.links_for(requester)
+        .select_related("icode", "account__user")
+        .prefetch_related("exams__visit__location")
     )
     return render(request, "sharing/links.html", context)
 

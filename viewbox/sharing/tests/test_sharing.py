@@ -414,6 +414,10 @@ class TestLinkLifetime:
         recipient = Client()
         recipient.get(url)
         assert recipient.get(reverse("sharing:password")).status_code == 410
+        # The patient's account lists the link as stopped.
+        listing = account_client(records["barbara"], records["shared"].visit.location)
+        page = listing.get(reverse("sharing:links")).content.decode()
+        assert "Stopped: the I-Code or account that made it no longer works" in page
         # Front desk reactivates the code: its links work again.
         ICode.objects.update(expires_at=timezone.now() + timedelta(days=90))
         open_as_recipient(url)

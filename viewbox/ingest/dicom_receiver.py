@@ -18,6 +18,7 @@ import logging
 import queue
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -157,6 +158,10 @@ _MAXIMUM_BATCH: Final = 64
 # Series whose study and series rows the writer keeps, so that the instances
 # after the first of a series need no lookup of them.
 _CACHED_SERIES: Final = 256
+# Seconds between two looks for the exam of a cached study that has none.
+# The study is matched anyway when its order arrives (attach_waiting_studies);
+# the look covers an order that arrived while the study row was created.
+_EXAM_CHECK_SECONDS: Final = 1.0
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -226,6 +231,8 @@ class DatabaseWriter:
         )
         # Series Instance UID to its study and series rows.
         self._series: dict[str, tuple[Study, Series]] = {}
+        # Study primary key to when the writer last looked for its exam.
+        self._exam_checked_at: dict[int, float] = {}
         self._series_lock = threading.Lock()
 
     def start(self) -> None:
@@ -273,6 +280,7 @@ class DatabaseWriter:
         with self._series_lock:
             if len(self._series) >= _CACHED_SERIES:
                 self._series.clear()
+                self._exam_checked_at.clear()
             self._series[series.series_instance_uid] = (study, series)
         return study, series
 
@@ -280,6 +288,21 @@ class DatabaseWriter:
         """Drop the remembered rows, after an error that may concern them."""
         with self._series_lock:
             self._series.clear()
+            self._exam_checked_at.clear()
+
+    def exam_check_due(self, study: Study) -> bool:
+        """Return whether to look again for an unmatched study's exam.
+
+        Each look costs two queries, so an unmatched study is looked at once
+        per _EXAM_CHECK_SECONDS instead of once per instance.
+        """
+        now = time.monotonic()
+        with self._series_lock:
+            checked_at = self._exam_checked_at.get(study.pk)
+            if checked_at is not None and now - checked_at < _EXAM_CHECK_SECONDS:
+                return False
+            self._exam_checked_at[study.pk] = now
+            return True
 
     def _run_batches(self) -> None:
         try:
@@ -361,8 +384,9 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
     instance = place_file(checked, study, series, move=True)
 
     def save() -> None:
-        # The study may have been matched to its exam since it was cached.
-        if study.exam_id is None:
+        if study.exam_id is None and writer.exam_check_due(study):
+            # Staff or an order may have matched the study since it was
+            # cached, or its exam may have arrived while it was created.
             study.exam_id = (
                 Study.objects.filter(pk=study.pk)
                 .values_list("exam_id", flat=True)

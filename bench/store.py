@@ -298,7 +298,12 @@ def run_discarding_receiver(port: int) -> None:
     import django
 
     django.setup()
+    import logging
+
     from pynetdicom import evt
+
+    # As run_dicom_receiver does: pynetdicom logs every request at INFO.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
     from viewbox.ingest.dicom_receiver import STATUS_SUCCESS, build_application_entity
 

@@ -223,8 +223,8 @@ class DatabaseWriter:
 
     ``run`` returns only once the transaction that contains the job's
     changes is committed. In a batch of several jobs each runs in a
-    savepoint, so that a failed job leaves the others unchanged. When the commit fails, every job of
-    the batch fails with that error.
+    savepoint, so that a failed job leaves the others unchanged. When the
+    commit fails, every job of the batch fails with that error.
     """
 
     def __init__(self) -> None:
@@ -342,6 +342,7 @@ class DatabaseWriter:
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         _drop_broken_connection()
+        committed = False
         try:
             with transaction.atomic():
                 if len(batch) == 1:
@@ -355,6 +356,7 @@ class DatabaseWriter:
                                 _run_job(job)
                         except _JobFailed:
                             continue
+            committed = True
         except _JobFailed:
             pass  # The job's own error is in the job, and nothing was written.
         except Exception as error:
@@ -368,6 +370,9 @@ class DatabaseWriter:
                     job.error = error
         finally:
             for job in batch:
+                if not committed and job.error is None:
+                    # Reached only by an exception that is not an Exception.
+                    job.error = DatabaseError("The batch was not committed")
                 job.done.set()
 
 

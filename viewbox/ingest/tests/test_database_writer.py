@@ -69,7 +69,7 @@ def run_as_one_batch(
     ]
     for caller in callers:
         caller.start()
-    # The callers are queued once the writer's queue holds all of them.
+    # The callers are queued once the writer's queue contains all of them.
     while writer._queue.qsize() < len(functions):
         threading.Event().wait(0.01)
     release.set()

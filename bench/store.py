@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -196,17 +196,29 @@ def viewbox_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], int
 
 
 @contextmanager
-def storescp_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], int]]:
+def storescp_receiver(
+    folder: Path, fsync_each_file: bool = False
+) -> Iterator[tuple[int, Callable[[], int], int]]:
     """Start storescp writing each instance as received (+B) to a folder.
 
     --fork gives each association its own process, so that four associations
-    are served at once, as the other two receivers do.
+    are served at once, as the other two receivers do. storescp 3.6.7 has no
+    fsync option. With fsync_each_file, it runs coreutils' "sync FILE" (an
+    fsync of that file, not of its folder) after each file and waits for it
+    (-xcr with -xs) before it takes the next request. That adds a shell and
+    a process start to each instance, so it is an upper bound of storescp's
+    cost with an fsync.
     """
     output = folder / "storescp"
     output.mkdir()
     port = free_loopback_port()
+    options = ["-xcr", "sync #p/#f", "-xs"] if fsync_each_file else []
     process = subprocess.Popen(
-        ["storescp", "--fork", "+B", "-od", str(output), "-aet", "STORESCP", str(port)],
+        [
+            *("storescp", "--fork", "+B", "-od", str(output), "-aet", "STORESCP"),
+            *options,
+            str(port),
+        ],
         env=environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -217,6 +229,12 @@ def storescp_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], in
         yield port, lambda: sum(1 for _ in output.iterdir()), process.pid
     finally:
         stop_process(process)
+
+
+def storescp_sync_receiver(
+    folder: Path,
+) -> AbstractContextManager[tuple[int, Callable[[], int], int]]:
+    return storescp_receiver(folder, fsync_each_file=True)
 
 
 @contextmanager
@@ -280,7 +298,12 @@ def run_discarding_receiver(port: int) -> None:
     import django
 
     django.setup()
+    import logging
+
     from pynetdicom import evt
+
+    # As run_dicom_receiver does: pynetdicom logs every request at INFO.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
     from viewbox.ingest.dicom_receiver import STATUS_SUCCESS, build_application_entity
 
@@ -320,6 +343,7 @@ RECEIVERS: Final = {
     "Viewbox": ("VIEWBOX", viewbox_receiver),
     "discard": ("VIEWBOX", discarding_receiver),
     "storescp": ("STORESCP", storescp_receiver),
+    "storescp+sync": ("STORESCP", storescp_sync_receiver),
     "Orthanc": ("ORTHANC", orthanc_receiver),
 }
 
@@ -359,12 +383,13 @@ def report(runs: list[Run], instance_bytes: int) -> None:
         f"{INSTANCES} CT instances of 512x512 16-bit, "
         f"{instance_bytes / 1e6:.2f} MB each, sent with storescu"
     )
-    print(f"{'receiver':<10} {'associations':>12} {'seconds':>8} {'instances/s':>12}")
+    print(f"{'receiver':<13} {'associations':>12} {'seconds':>8} {'instances/s':>12}")
     print("(discard: Viewbox's AE with a C-STORE handler that stores nothing)")
+    print("(storescp+sync: storescp that runs 'sync FILE' after each file)")
 
     for run in runs:
         print(
-            f"{run.receiver:<10} {run.associations:>12} {run.seconds:>8.2f} "
+            f"{run.receiver:<13} {run.associations:>12} {run.seconds:>8.2f} "
             f"{run.rate:>12.1f}"
         )
     print()
@@ -384,6 +409,7 @@ def report(runs: list[Run], instance_bytes: int) -> None:
         viewbox = by_key[("Viewbox", associations)].rate
         for reference, goal in (
             ("storescp", GOAL_FRACTION_OF_STORESCP),
+            ("storescp+sync", GOAL_FRACTION_OF_STORESCP),
             ("Orthanc", GOAL_FRACTION_OF_ORTHANC),
         ):
             ratio = viewbox / by_key[(reference, associations)].rate

@@ -176,12 +176,18 @@ def _study_for(ds: FileDataset) -> Study:
             "StudyInstanceUID is already stored with another Accession Number "
             "or Patient ID"
         )
-    if study.exam_id is None:
-        exam = _find_exam(accession_number, patient_id)
-        if exam is not None:
-            study.exam = exam
-            study.save(update_fields=["exam"])
+    attach_exam_if_waiting(study)
     return study
+
+
+def attach_exam_if_waiting(study: Study) -> None:
+    """Attach an unmatched study to the one exam that its identifiers name."""
+    if study.exam_id is not None:
+        return
+    exam = _find_exam(study.accession_number, study.patient_id)
+    if exam is not None:
+        study.exam = exam
+        study.save(update_fields=["exam"])
 
 
 def _series_for(ds: FileDataset, study: Study) -> Series:
@@ -256,6 +262,123 @@ def _check_announced_uids(
         )
 
 
+@dataclass(frozen=True)
+class CheckedFile:
+    """A DICOM file that passed the checks, with what its rows need."""
+
+    path: Path
+    dataset: FileDataset
+    sop_instance_uid: str
+    sop_class_uid: str
+    sha256: str
+    size: int
+
+    @property
+    def study_instance_uid(self) -> str:
+        return _uid(self.dataset, "StudyInstanceUID")
+
+    @property
+    def series_instance_uid(self) -> str:
+        return _uid(self.dataset, "SeriesInstanceUID")
+
+    @property
+    def study_identifiers(self) -> tuple[str, str]:
+        """The Accession Number and Patient ID, as stored on the study."""
+        return (
+            _text(self.dataset, "AccessionNumber", 16),
+            _text(self.dataset, "PatientID", 64),
+        )
+
+
+def check_dicom_file(
+    path: Path, announced: tuple[str, str] | None = None
+) -> CheckedFile:
+    """Read and check a file's header and hash its bytes.
+
+    Raises UnusableDicomError when the file cannot be stored, and
+    DatasetMismatchError when it differs from the ``announced`` (SOP Class
+    UID, SOP Instance UID) pair.
+    """
+    ds = read_header(path)
+    sop_instance_uid = _uid(ds, "SOPInstanceUID")
+    sop_class_uid = _uid(ds, "SOPClassUID")
+    if announced is not None:
+        _check_announced_uids(sop_class_uid, sop_instance_uid, announced)
+    return CheckedFile(
+        path=path,
+        dataset=ds,
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=sop_class_uid,
+        sha256=_sha256(path),
+        size=path.stat().st_size,
+    )
+
+
+def find_stored_copy(checked: CheckedFile) -> DicomImportResult | None:
+    """Return the "duplicate" result when the instance is already stored.
+
+    Raises ConflictingInstanceError when it is stored with other content.
+    """
+    existing = Instance.objects.filter(
+        sop_instance_uid=checked.sop_instance_uid
+    ).first()
+    if existing is None:
+        return None
+    if existing.sha256 == checked.sha256:
+        return DicomImportResult("duplicate", instance=existing)
+    raise ConflictingInstanceError(
+        "SOPInstanceUID is already stored with different content; "
+        "the stored file is kept"
+    )
+
+
+def study_and_series_for(checked: CheckedFile) -> tuple[Study, Series]:
+    """Find or create the study and series rows; call inside a transaction."""
+    study = _study_for(checked.dataset)
+    return study, _series_for(checked.dataset, study)
+
+
+def place_file(
+    checked: CheckedFile, study: Study, series: Series, *, move: bool
+) -> Instance:
+    """Store the file durably in the series' folder; return its unsaved row."""
+    ds = checked.dataset
+    has_pixels = _PIXEL_DATA in ds
+    instance = Instance(
+        series=series,
+        sop_instance_uid=checked.sop_instance_uid,
+        sop_class_uid=checked.sop_class_uid,
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        instance_number=_integer(ds, "InstanceNumber"),
+        rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
+        columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
+        number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
+        size=checked.size,
+        sha256=checked.sha256,
+    )
+    # File names come from internal ids, never from tag values.
+    instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+    _store_durably(checked.path, instance.file, move=move)
+    return instance
+
+
+def save_instance(instance: Instance, study: Study) -> None:
+    """Insert the row of a placed file, its audit row and its preview task.
+
+    Call inside a transaction. The caller deletes the file when it fails.
+    """
+    instance.save()
+    record_event(
+        "images.import",
+        actor_kind="import",
+        patient_id=study.exam.visit.patient_id if study.exam else None,
+        exam_id=study.exam_id,
+    )
+    # The task backend stores tasks in this database, so the task row is
+    # committed with the instance, in one commit instead of two.
+    render_previews.enqueue(instance.pk)
+
+
 def import_dicom_file(
     path: Path, *, move: bool = False, announced: tuple[str, str] | None = None
 ) -> DicomImportResult:
@@ -266,57 +389,21 @@ def import_dicom_file(
     the (SOP Class UID, SOP Instance UID) pair that a network peer announced
     for the data set; DatasetMismatchError is raised when the file differs.
     """
-    ds = read_header(path)
-    sop_instance_uid = _uid(ds, "SOPInstanceUID")
-    sop_class_uid = _uid(ds, "SOPClassUID")
-    if announced is not None:
-        _check_announced_uids(sop_class_uid, sop_instance_uid, announced)
-    sha256 = _sha256(path)
+    checked = check_dicom_file(path, announced)
+    stored_copy = find_stored_copy(checked)
+    if stored_copy is not None:
+        return stored_copy
 
-    existing = Instance.objects.filter(sop_instance_uid=sop_instance_uid).first()
-    if existing is not None:
-        if existing.sha256 == sha256:
-            return DicomImportResult("duplicate", instance=existing)
-        raise ConflictingInstanceError(
-            "SOPInstanceUID is already stored with different content; "
-            "the stored file is kept"
-        )
-
-    has_pixels = _PIXEL_DATA in ds
     # The study and series rows are committed first, and the file is written
     # and fsynced outside any transaction. Holding the study's row lock (or
     # SQLite's write lock) through the fsyncs would make every other
     # instance of the study wait for this one's disk writes.
     with transaction.atomic():
-        study = _study_for(ds)
-        series = _series_for(ds, study)
-    instance = Instance(
-        series=series,
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=sop_class_uid,
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        instance_number=_integer(ds, "InstanceNumber"),
-        rows=(_integer(ds, "Rows") or 0) if has_pixels else 0,
-        columns=(_integer(ds, "Columns") or 0) if has_pixels else 0,
-        number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
-        size=path.stat().st_size,
-        sha256=sha256,
-    )
-    # File names come from internal ids, never from tag values.
-    instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
-    _store_durably(path, instance.file, move=move)
+        study, series = study_and_series_for(checked)
+    instance = place_file(checked, study, series, move=move)
     try:
         with transaction.atomic():
-            instance.save()
-            record_event(
-                "images.import",
-                actor_kind="import",
-                patient_id=study.exam.visit.patient_id if study.exam else None,
-                exam_id=study.exam_id,
-            )
-            # The task backend stores tasks in this database, so the task row
-            # is committed with the instance, in one commit instead of two.
-            render_previews.enqueue(instance.pk)
+            save_instance(instance, study)
     except BaseException:
         default_storage.delete(instance.file)
         raise

@@ -24,9 +24,10 @@ SHARE_LINK_MODEL: str = "sharing.ShareLink"
 def activity_events(requester: Requester) -> QuerySet[AuditEvent]:
     """Return the entries a patient may read about themselves, newest first.
 
-    An account sees every entry about its patient. An I-Code session sees
-    only entries about the exams its code opens, and its own sign-ins and
-    sign-outs, because the person holding the code may not be the patient.
+    An account gets every entry about its patient. An I-Code session gets
+    the entries about the exams its code opens, its own sign-ins and
+    sign-outs, its links' use and the visit's codes, because the person
+    holding the code may not be the patient.
     """
     events = AuditEvent.objects.filter(
         patient_id=requester.patient_id, action__in=ACTIVITY_ACTIONS
@@ -77,9 +78,9 @@ def describe_events(
 def _actor_kind_for(requester: Requester, event: AuditEvent) -> str:
     """Return the actor kind to name, seen from the patient reading the page.
 
-    "You" is only the same I-Code or the account reading the page; another
-    I-Code of the patient is named as such, since front desk may have given
-    it to someone else.
+    "You" is only the same I-Code or the account reading the page. Another
+    I-Code of the patient is named as such, because front desk may have
+    printed it for someone else.
     """
     kind = event.actor_kind
     # A recipient acting on the link itself is named once, as "Someone".

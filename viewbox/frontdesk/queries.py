@@ -106,7 +106,7 @@ def icode_is_expired(icode: ICode) -> bool:
 
 @dataclass(frozen=True)
 class StudyPatient:
-    """Who the images say they show, read from one stored file's header."""
+    """The patient named in the header of one of a study's stored files."""
 
     name_words: frozenset[str]
     display_name: str

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 SESSION_ICODE_ID = "viewbox_icode_id"
 SESSION_SIGNED_IN_AT = "viewbox_signed_in_at"
 SESSION_SHARE_ID = "viewbox_share_id"
-# Set when a recipient's link stops working, so the next page can say why.
+# Set when a recipient's link stops working, so the next page can explain why.
 SESSION_SHARE_ENDED = "viewbox_share_ended"
 # A recipient's use of a link is written down at most this often.
 SHARE_USE_RESOLUTION_SECONDS = 60
@@ -138,21 +138,13 @@ def _icode_requester(request: HttpRequest) -> Requester | None:
 def usable_link(link: ShareLink) -> str | None:
     """Return why a link no longer opens anything, or None if it does.
 
-    A link also stops with the I-Code or account that made it: a leaked or
-    expired code, or a disabled account, must not live on through its links,
-    and a code that front desk reactivates brings its links back.
+    A link whose I-Code or account no longer works counts as revoked.
     """
     if link.revoked_at is not None:
         return "revoked"
     if link.is_expired():
         return "expired"
-    icode = link.icode
-    if icode is not None and (
-        icode.revoked_at is not None or icode.expires_at <= timezone.now()
-    ):
-        return "revoked"
-    account = link.account
-    if account is not None and not account.user.is_active:
+    if link.creator_stopped():
         return "revoked"
     return None
 
@@ -254,7 +246,7 @@ def access_instance_by_public_id(
 def access_exam_for_download(requester: Requester, public_id: str | uuid.UUID) -> Exam:
     """Return an exam whose files the requester may download, or raise Http404.
 
-    A recipient of a view-only link sees the images but gets no file.
+    A recipient of a view-only link gets the images shown but no file.
     """
     exam = access_exam_by_public_id(requester, public_id)
     if not requester.can_download or not images_visible(exam):

@@ -66,6 +66,20 @@ class ShareLink(models.Model):
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
 
+    def creator_stopped(self) -> bool:
+        """Return True when the I-Code or account that made the link no longer works.
+
+        A leaked or expired code, or a disabled account, must not live on
+        through its links, and a code that front desk reactivates brings its
+        links back.
+        """
+        icode = self.icode
+        if icode is not None and (
+            icode.revoked_at is not None or icode.expires_at <= timezone.now()
+        ):
+            return True
+        return self.account is not None and not self.account.user.is_active
+
     def status(self) -> str:
         """Return revoked, expired, ended, locked, paused or active.
 
@@ -75,12 +89,7 @@ class ShareLink(models.Model):
             return "revoked"
         if self.is_expired():
             return "expired"
-        icode = self.icode
-        if icode is not None and (
-            icode.revoked_at is not None or icode.expires_at <= timezone.now()
-        ):
-            return "ended"
-        if self.account is not None and not self.account.user.is_active:
+        if self.creator_stopped():
             return "ended"
         if self.locked_at is not None:
             return "locked"

@@ -7,6 +7,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.utils.translation import gettext_lazy as _
 
 from viewbox.accounts.identity import Question
+from viewbox.accounts.passwords import new_password_field
 from viewbox.viewer.forms import BirthDateField, BirthDateWidget
 
 SEX_CHOICES = [
@@ -107,25 +108,16 @@ class CredentialsForm(forms.Form):
         },
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
-    password = forms.CharField(
-        label=_("Password"),
-        strip=False,
+    password = new_password_field(
+        _("Password"),
+        _("Choose a password."),
         help_text=_(
             "At least 8 characters. Long passphrases are welcome; "
             "common or leaked passwords are not accepted."
         ),
-        error_messages={"required": _("Choose a password.")},
-        widget=forms.PasswordInput(
-            attrs={"autocomplete": "new-password"}, render_value=False
-        ),
     )
-    password_again = forms.CharField(
-        label=_("Password again"),
-        strip=False,
-        error_messages={"required": _("Type your password again.")},
-        widget=forms.PasswordInput(
-            attrs={"autocomplete": "new-password"}, render_value=False
-        ),
+    password_again = new_password_field(
+        _("Password again"), _("Type your password again.")
     )
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django import forms
 from django.contrib.auth.forms import SetPasswordForm
 from django.contrib.auth.password_validation import UserAttributeSimilarityValidator
 from django.utils.translation import gettext_lazy as _
@@ -38,3 +39,16 @@ class NewPasswordForm(SetPasswordForm):
         self.fields["new_password2"].label = _("New password again")
         for field in self.fields.values():
             field.widget.attrs["autocomplete"] = "new-password"
+
+
+def new_password_field(label: Any, required_message: Any, help_text: Any = "") -> Any:
+    """Return a field for choosing a new password, never echoed back."""
+    return forms.CharField(
+        label=label,
+        strip=False,
+        help_text=help_text,
+        error_messages={"required": required_message},
+        widget=forms.PasswordInput(
+            attrs={"autocomplete": "new-password"}, render_value=False
+        ),
+    )

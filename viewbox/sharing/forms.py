@@ -7,6 +7,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.utils.formats import date_format
 from django.utils.translation import gettext_lazy as _
 
+from viewbox.accounts.passwords import new_password_field
 from viewbox.downloads.forms import PHI_ACKNOWLEDGEMENT
 from viewbox.records.models import Exam
 
@@ -66,25 +67,16 @@ class ShareForm(forms.Form):
             "max_length": _("Use at most 80 characters."),
         },
     )
-    password = forms.CharField(
-        label=_("Password"),
-        strip=False,
+    password = new_password_field(
+        _("Password"),
+        _("Choose a password for the link."),
         help_text=_(
             "The person you share with needs it to open the link. At least 8 "
             "characters; common or leaked passwords are not accepted."
         ),
-        error_messages={"required": _("Choose a password for the link.")},
-        widget=forms.PasswordInput(
-            attrs={"autocomplete": "new-password"}, render_value=False
-        ),
     )
-    password_again = forms.CharField(
-        label=_("Password again"),
-        strip=False,
-        error_messages={"required": _("Type the password again.")},
-        widget=forms.PasswordInput(
-            attrs={"autocomplete": "new-password"}, render_value=False
-        ),
+    password_again = new_password_field(
+        _("Password again"), _("Type the password again.")
     )
     expires_on = ExpiryField()
     permission = forms.ChoiceField(

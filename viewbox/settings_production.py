@@ -8,7 +8,7 @@ variables, with these differences:
   not start. It never generates keys into the data folder, where a backup
   would carry them away.
 - ``VIEWBOX_ALLOWED_HOSTS`` must be set to the host names served.
-- Debug pages and the demo mailbox are off whatever the environment says.
+- Debug pages and the demo mailbox are off whatever the environment sets.
 - HTTPS only: redirects from HTTP, HSTS for a year with subdomains and
   preload, and cookies that browsers send only over HTTPS to this exact host
   (the ``__Host-`` prefix).

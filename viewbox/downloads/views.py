@@ -24,7 +24,7 @@ def _portal_url(request: HttpRequest, requester: Requester, exam: Exam) -> str:
     """Return where the notice email sends its reader back to.
 
     A patient signs in at the exam's portal; the recipient of a link opens
-    the link again, so the email points to a page that says so.
+    the link again, so the email points to a page that explains this.
     """
     if requester.is_recipient:
         return request.build_absolute_uri(reverse("sharing:password"))

@@ -48,7 +48,7 @@ def staff_required(view: View) -> View:
             return redirect_to_login(request.get_full_path(), reverse("staff_log_in"))
         if not request.user.has_perm(FRONT_DESK_PERMISSION):
             logger.warning(
-                "Front desk page refused to staff user %s without permission",
+                "Front desk page rejected for staff user %s without permission",
                 request.user.pk,
             )
             raise PermissionDenied

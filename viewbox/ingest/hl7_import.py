@@ -786,7 +786,7 @@ def _import_report(context: _Context) -> _Changes:
             )
         if signed_at > timezone.now() + SIGNING_CLOCK_SKEW:
             # The release hold counts from the signing time; one in the
-            # future would hold the report for longer than the law asks.
+            # future would hold the report for longer than the law requires.
             raise HL7Error(
                 f"signing time {signed_at.isoformat()} is in the future; "
                 "check the RIS clock and time zone, then retry",

@@ -277,7 +277,7 @@ def open_link(request: HttpRequest, link: ShareLink, password: str) -> OpenResul
     )
     if outcome == ShareAccess.Outcome.WRONG:
         count_client_failure(request)
-        # The wrong password that pauses or locks the link says so at once.
+        # The wrong password that pauses or locks the link reports it at once.
         return stopped or OpenResult.WRONG
     if outcome == ShareAccess.Outcome.PAUSED:
         return OpenResult.PAUSED

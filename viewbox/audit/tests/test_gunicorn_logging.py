@@ -42,7 +42,7 @@ class TestRedact:
         for target in ("/exams/%41/", "/shared/?x=1", "http://host/exams/"):
             assert redact_target(target) == target
 
-    def test_the_request_line_atom_is_redacted(self) -> None:
+    def test_request_line_atom_is_redacted(self) -> None:
         logger = RedactingLogger(Config())
         environ = {
             "REQUEST_METHOD": "GET",

@@ -16,7 +16,7 @@ PASSWORD = "quiet harbor lantern 42"
 
 
 class TestSharingInBrowser:
-    def test_a_recipient_views_downloads_and_is_refused_after_revocation(
+    def test_recipient_views_downloads_and_is_refused_after_revocation(
         self, demo_site, browser, tmp_path: Path
     ) -> None:
         patient_context = browser.new_context(viewport={"width": 390, "height": 844})
@@ -88,7 +88,7 @@ class TestSharingInBrowser:
         with zipfile.ZipFile(saved) as archive:
             assert "DICOMDIR" in archive.namelist()
 
-        # The patient sees the use and turns the link off.
+        # The patient reads the tries and turns the link off.
         patient.goto(demo_site.base + "/shares/")
         patient.get_by_role("link", name="For Dr. Lee").click()
         patient.get_by_text("Wrong password").wait_for()
@@ -105,7 +105,7 @@ class TestSharingInBrowser:
         recipient_context.close()
         patient_context.close()
 
-    def test_a_view_only_recipient_sees_images_without_a_download_button(
+    def test_view_only_recipient_sees_images_without_a_download_button(
         self, demo_site, browser
     ) -> None:
         patient_context = browser.new_context()

@@ -167,14 +167,15 @@ class TestRecipientScope:
         for path in export_urls(records["kept"], package):
             assert recipient.get(path).status_code == 404, path
 
-    def test_the_exam_list_shows_only_shared_exams(self, patient, records) -> None:
+    def test_exam_list_shows_only_shared_exams(self, patient, records) -> None:
         url = create_link(patient, [records["shared"], records["kept"]])
         recipient = open_as_recipient(url)
         page = recipient.get(
             reverse("viewer:exam_summary", args=[records["shared"].public_id])
         )
         html = page.content.decode()
-        assert "MAMMO SCREENING" in html and "MR KNEE" in html
+        assert "MAMMO SCREENING" in html
+        assert "MR KNEE" in html
         assert "Barbara Sample shared these exams with you." in html
         assert records["others"].description not in html
 
@@ -201,7 +202,7 @@ class TestRecipientScope:
         assert "Second link" not in page.content.decode()
         assert reverse("sharing:links") not in page.content.decode()
 
-    def test_a_held_report_stays_held_for_the_recipient(self, patient, records) -> None:
+    def test_held_report_stays_held_for_the_recipient(self, patient, records) -> None:
         exam = records["kept"]
         add_report(exam, "P", "PRELIMINARY: Tear suspected.", NOW - timedelta(hours=1))
         url = create_link(patient, [exam])
@@ -211,7 +212,7 @@ class TestRecipientScope:
         print_url = reverse("viewer:exam_report_print", args=[exam.public_id])
         assert recipient.get(print_url).status_code == 404
 
-    def test_a_released_report_shows_to_the_recipient(self, patient, records) -> None:
+    def test_released_report_shows_to_the_recipient(self, patient, records) -> None:
         url = create_link(patient, [records["shared"]])
         recipient = open_as_recipient(url)
         page = recipient.get(
@@ -238,7 +239,7 @@ class TestViewOnly:
         assert response.status_code == 404
         assert not Package.objects.filter(format="iso").exists()
 
-    def test_the_viewer_shows_no_download_button_and_no_ready_icon(
+    def test_viewer_shows_no_download_button_and_no_ready_icon(
         self, patient, records
     ) -> None:
         exam = records["shared"]
@@ -299,7 +300,7 @@ class TestViewOnly:
         walk(get_resolver().url_patterns)
         assert found == known
 
-    def test_a_download_link_lets_the_recipient_download_like_the_patient(
+    def test_download_link_lets_the_recipient_download_like_the_patient(
         self, patient, records
     ) -> None:
         exam = records["shared"]
@@ -329,7 +330,7 @@ class TestViewOnly:
 
 @pytest.mark.django_db(transaction=True)
 class TestLinkLifetime:
-    def test_an_expired_link_shows_a_clear_page_and_no_data(
+    def test_expired_link_shows_a_clear_page_and_no_data(
         self, patient, records, frozen
     ) -> None:
         url = create_link(patient, [records["shared"]], expires_on="2026-12-05")
@@ -340,18 +341,19 @@ class TestLinkLifetime:
         assert response.status_code == 410
         html = response.content.decode()
         assert "This link no longer works" in html
-        assert "MAMMO" not in html and "Barbara" not in html
+        assert "MAMMO" not in html
+        assert "Barbara" not in html
         response = recipient.post(reverse("sharing:password"), {"password": PASSWORD})
         assert response.status_code == 410
 
-    def test_a_link_works_through_the_whole_last_day(
+    def test_link_works_through_the_whole_last_day(
         self, patient, records, frozen
     ) -> None:
         url = create_link(patient, [records["shared"]], expires_on="2026-12-05")
         frozen.move_to(datetime(2026, 12, 6, 4, 59, tzinfo=UTC))  # 23:59 in Maryland
         open_as_recipient(url)
 
-    def test_a_session_started_before_expiry_ends_with_the_link(
+    def test_session_started_before_expiry_ends_with_the_link(
         self, patient, records, frozen
     ) -> None:
         exam = records["shared"]
@@ -375,7 +377,7 @@ class TestLinkLifetime:
         )
         assert recipient.get(jpeg).status_code == 302
 
-    def test_a_revoked_link_ends_a_running_session_at_once(
+    def test_revoked_link_ends_a_running_session_at_once(
         self, patient, records
     ) -> None:
         exam = records["shared"]
@@ -393,7 +395,7 @@ class TestLinkLifetime:
         again.get(url)
         assert again.get(reverse("sharing:password")).status_code == 410
 
-    def test_a_link_made_with_an_icode_stops_when_the_code_is_revoked(
+    def test_link_made_with_an_icode_stops_when_the_code_is_revoked(
         self, records
     ) -> None:
         client = Client()
@@ -404,9 +406,7 @@ class TestLinkLifetime:
         recipient.get(url)
         assert recipient.get(reverse("sharing:password")).status_code == 410
 
-    def test_a_link_made_with_an_icode_stops_when_the_code_expires(
-        self, records
-    ) -> None:
+    def test_link_made_with_an_icode_stops_when_the_code_expires(self, records) -> None:
         client = Client()
         sign_in_with_icode(client, records["shared"])
         url = create_link(client, [records["shared"]], expires_on="2099-01-01")
@@ -422,7 +422,7 @@ class TestLinkLifetime:
         ICode.objects.update(expires_at=timezone.now() + timedelta(days=90))
         open_as_recipient(url)
 
-    def test_a_link_made_in_an_account_stops_when_it_is_disabled(
+    def test_link_made_in_an_account_stops_when_it_is_disabled(
         self, patient, records
     ) -> None:
         url = create_link(patient, [records["shared"]])
@@ -431,7 +431,7 @@ class TestLinkLifetime:
         summary = reverse("viewer:exam_summary", args=[records["shared"].public_id])
         assert recipient.get(summary)["Location"] == reverse("sharing:ended")
 
-    def test_the_patient_changes_the_expiry_of_an_expired_link(
+    def test_patient_changes_the_expiry_of_an_expired_link(
         self, patient, records, frozen
     ) -> None:
         url = create_link(patient, [records["shared"]], expires_on="2026-12-04")
@@ -462,9 +462,7 @@ def account_client_again(client: Client, records: dict[str, Any]) -> Client:
 
 @pytest.mark.django_db(transaction=True)
 class TestPasswords:
-    def test_a_wrong_password_is_refused_and_written_down(
-        self, patient, records
-    ) -> None:
+    def test_wrong_password_is_refused_and_written_down(self, patient, records) -> None:
         url = create_link(patient, [records["shared"]])
         recipient = Client()
         recipient.get(url)
@@ -503,7 +501,7 @@ class TestPasswords:
         )
         assert outcomes == ["wrong"] * 10 + ["paused", "right"]
 
-    def test_the_tenth_wrong_password_says_the_link_is_paused(
+    def test_tenth_wrong_password_says_the_link_is_paused(
         self, patient, records
     ) -> None:
         url = create_link(patient, [records["shared"]])
@@ -522,7 +520,7 @@ class TestPasswords:
         response = recipient.post(reverse("sharing:password"), {"password": PASSWORD})
         assert response.status_code == 302
 
-    def test_a_hundred_wrong_passwords_lock_until_the_patient_unlocks(
+    def test_hundred_wrong_passwords_lock_until_the_patient_unlocks(
         self, patient, records, settings
     ) -> None:
         settings.SHARE_THROTTLE = {
@@ -570,7 +568,7 @@ class TestPasswords:
             assert response.status_code == 400, weak
         assert not ShareLink.objects.exists()
 
-    def test_the_password_is_stored_as_a_hash(self, patient, records) -> None:
+    def test_password_is_stored_as_a_hash(self, patient, records) -> None:
         create_link(patient, [records["shared"]])
         link = ShareLink.objects.get()
         assert link.password_hash.startswith("argon2$")
@@ -579,7 +577,7 @@ class TestPasswords:
 
 @pytest.mark.django_db(transaction=True)
 class TestToken:
-    def test_the_token_is_random_long_and_stored_only_as_a_hash(
+    def test_token_is_random_long_and_stored_only_as_a_hash(
         self, patient, records
     ) -> None:
         url = create_link(patient, [records["shared"]])
@@ -591,14 +589,14 @@ class TestToken:
         for session in Session.objects.all():
             assert token not in str(session.get_decoded())
 
-    def test_the_link_is_shown_once(self, patient, records) -> None:
+    def test_link_is_shown_once(self, patient, records) -> None:
         create_link(patient, [records["shared"]])
         link = ShareLink.objects.get()
         again = patient.get(reverse("sharing:created", args=[link.public_id]))
         assert "/s/" not in again.content.decode()
         assert "shown only once" in again.content.decode()
 
-    def test_the_token_leaves_the_address_bar_at_once(self, patient, records) -> None:
+    def test_token_leaves_the_address_bar_at_once(self, patient, records) -> None:
         url = create_link(patient, [records["shared"]])
         recipient = Client()
         response = recipient.get(url)
@@ -609,14 +607,14 @@ class TestToken:
         assert page["Referrer-Policy"] == "no-referrer"
         assert page["Cache-Control"] == "no-store"
 
-    def test_an_unknown_token_shows_not_found(self, db) -> None:
+    def test_unknown_token_shows_not_found(self, db) -> None:
         client = Client()
         client.get(reverse("sharing:open", args=["x" * 32]))
         response = client.get(reverse("sharing:password"))
         assert response.status_code == 404
         assert "We could not find this link." in response.content.decode()
 
-    def test_the_password_page_without_a_link_explains_what_to_do(self, db) -> None:
+    def test_password_page_without_a_link_explains_what_to_do(self, db) -> None:
         response = Client().get(reverse("sharing:password"))
         assert response.status_code == 200
         assert "open the link you were sent" in response.content.decode()
@@ -643,11 +641,11 @@ class TestCreateForm:
             assert message in response.content.decode(), message
         assert not ShareLink.objects.exists()
 
-    def test_a_far_future_date_is_accepted(self, patient, records) -> None:
+    def test_far_future_date_is_accepted(self, patient, records) -> None:
         create_link(patient, [records["shared"]], expires_on="9999-12-31")
         assert ShareLink.objects.get().expires_on == date(9999, 12, 31)
 
-    def test_an_exam_of_another_patient_cannot_be_forged_into_the_form(
+    def test_exam_of_another_patient_cannot_be_forged_into_the_form(
         self, patient, records
     ) -> None:
         response = patient.post(
@@ -657,9 +655,7 @@ class TestCreateForm:
         assert response.status_code == 400
         assert not ShareLink.objects.exists()
 
-    def test_an_icode_session_shares_only_the_exams_its_code_opens(
-        self, records
-    ) -> None:
+    def test_icode_session_shares_only_the_exams_its_code_opens(self, records) -> None:
         client = Client()
         sign_in_with_icode(client, records["shared"])
         page = client.get(reverse("sharing:create")).content.decode()
@@ -696,7 +692,7 @@ class TestCreateForm:
 
 @pytest.mark.django_db(transaction=True)
 class TestMySharedLinks:
-    def test_the_list_shows_each_link_with_its_use(self, patient, records) -> None:
+    def test_list_shows_each_link_with_its_use(self, patient, records) -> None:
         url = create_link(patient, [records["shared"]], permission="download")
         recipient = Client()
         recipient.get(url)
@@ -713,9 +709,7 @@ class TestMySharedLinks:
         ).content.decode()
         assert "Wrong password" in detail and "Right password" in detail
 
-    def test_an_icode_session_sees_only_links_to_its_exams(
-        self, patient, records
-    ) -> None:
+    def test_icode_session_sees_only_links_to_its_exams(self, patient, records) -> None:
         create_link(patient, [records["kept"]], nickname="Knee for the surgeon")
         create_link(patient, [records["shared"]], nickname="Mammogram for Dr. Lee")
         client = Client()
@@ -748,7 +742,7 @@ class TestMySharedLinks:
         link.refresh_from_db()
         assert link.revoked_at is None
 
-    def test_the_patient_is_emailed_when_a_link_is_first_opened(
+    def test_patient_is_emailed_when_a_link_is_first_opened(
         self, patient, records, mail_catcher
     ) -> None:
         url = create_link(
@@ -771,7 +765,7 @@ class TestMySharedLinks:
         summary = reverse("viewer:exam_summary", args=[records["shared"].public_id])
         assert recipient.get(summary).status_code == 302
 
-    def test_an_idle_recipient_is_told_how_to_come_back(
+    def test_idle_recipient_is_told_how_to_come_back(
         self, patient, records, frozen
     ) -> None:
         url = create_link(patient, [records["shared"]])
@@ -824,7 +818,7 @@ class TestStaff:
         recipient.get(url)
         assert recipient.get(reverse("sharing:password")).status_code == 410
 
-    def test_the_admin_list_shows_no_nickname(self, patient, records) -> None:
+    def test_admin_list_shows_no_nickname(self, patient, records) -> None:
         create_link(patient, [records["shared"]], nickname="Lump in left breast")
         model_admin = admin.site._registry[ShareLink]
         assert "nickname" not in model_admin.list_display

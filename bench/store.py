@@ -110,7 +110,7 @@ def send(port: int, called_ae_title: str, folders: list[Path]) -> float:
 
 
 class RssSampler:
-    """Sample a process's VmRSS from /proc in a thread while a run lasts."""
+    """Sample the VmRSS of a process and its children from /proc while a run lasts."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -118,11 +118,18 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
+    def _processes(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        return [self.pid, *map(int, children.split())]
+
     def _status_kib(self, field: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise SystemExit(f"/proc/{self.pid}/status has no {field}")
+        """Return the sum of a /proc/PID/status field over the processes."""
+        total = 0
+        for pid in self._processes():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        return total
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -286,40 +293,77 @@ def orthanc_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], int
         stop_process(process)
 
 
-def run_discarding_receiver(port: int) -> None:
-    """Serve Viewbox's AE with a C-STORE handler that stores nothing.
-
-    This is the floor that pynetdicom sets: the same association handling
-    and temporary files as the receiver, without validation, storage or
-    database work.
-    """
+def _set_up_django() -> None:
     sys.path.insert(0, str(REPOSITORY))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "viewbox.settings")
     import django
 
     django.setup()
-    import logging
 
-    from pynetdicom import evt
 
-    # As run_dicom_receiver does: pynetdicom logs every request at INFO.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+def run_discarding_receiver(port: int) -> None:
+    """Serve Viewbox's Storage SCP with a store callback that keeps nothing.
 
-    from viewbox.ingest.dicom_receiver import STATUS_SUCCESS, build_application_entity
+    This is the floor that the network layer sets: the same associations and
+    staging files as the receiver, without validation, storage or database
+    work.
+    """
+    _set_up_django()
+    from viewbox.ingest.dicom_network import StoreResult
+    from viewbox.ingest.dicom_receiver import start_receiver
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    server = build_application_entity().start_server(
+    server = start_receiver("127.0.0.1", port)
+    server.store = lambda received: StoreResult(0x0000)
+    stopping.wait()
+    server.shutdown()
+
+
+def run_pynetdicom_receiver(port: int) -> None:
+    """Serve pynetdicom's Storage SCP with a handler that keeps nothing.
+
+    It accepts the same contexts with the same PDU size and writes each data
+    set to a temporary file, as the receiver did before it had its own
+    network layer.
+    """
+    _set_up_django()
+    import logging
+
+    from pynetdicom import AE, _config, evt
+
+    from viewbox.ingest.dicom_network import MAXIMUM_PDU_LENGTH
+    from viewbox.ingest.dicom_receiver import (
+        STORAGE_SOP_CLASSES,
+        TRANSFER_SYNTAXES,
+        VERIFICATION_SOP_CLASS,
+    )
+
+    # pynetdicom logs every request at INFO.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    application_entity = AE(ae_title="VIEWBOX")
+    application_entity.require_calling_aet = [SENDER_AE_TITLE]
+    application_entity.maximum_pdu_size = MAXIMUM_PDU_LENGTH
+    application_entity.add_supported_context(VERIFICATION_SOP_CLASS)
+    for sop_class in STORAGE_SOP_CLASSES:
+        application_entity.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server = application_entity.start_server(
         ("127.0.0.1", port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, lambda event: STATUS_SUCCESS)],
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
     )
     stopping.wait()
     server.shutdown()
 
 
 @contextmanager
-def discarding_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], int]]:
+def discarding_receiver(
+    folder: Path, option: str = "--discarding-receiver"
+) -> Iterator[tuple[int, Callable[[], int], int]]:
     port = free_loopback_port()
     env = {
         **environment(),
@@ -327,7 +371,7 @@ def discarding_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], 
         "VIEWBOX_DICOM_CALLING_AE_TITLES": SENDER_AE_TITLE,
     }
     process = subprocess.Popen(
-        [PYTHON, __file__, "--discarding-receiver", str(port)],
+        [PYTHON, __file__, option, str(port)],
         env=env,
         preexec_fn=_end_with_parent,
     )
@@ -339,9 +383,16 @@ def discarding_receiver(folder: Path) -> Iterator[tuple[int, Callable[[], int], 
         stop_process(process)
 
 
+def pynetdicom_receiver(
+    folder: Path,
+) -> AbstractContextManager[tuple[int, Callable[[], int], int]]:
+    return discarding_receiver(folder, "--pynetdicom-receiver")
+
+
 RECEIVERS: Final = {
     "Viewbox": ("VIEWBOX", viewbox_receiver),
     "discard": ("VIEWBOX", discarding_receiver),
+    "pynetdicom": ("VIEWBOX", pynetdicom_receiver),
     "storescp": ("STORESCP", storescp_receiver),
     "storescp+sync": ("STORESCP", storescp_sync_receiver),
     "Orthanc": ("ORTHANC", orthanc_receiver),
@@ -378,14 +429,58 @@ def measure(name: str, folders: list[Path], work: Path) -> Run:
     return Run(name, len(folders), seconds, stored, rss)
 
 
+def _write_durably(files: list[Path], output: Path) -> None:
+    for path in files:
+        partial = output / f".{path.name}.partial"
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(descriptor, path.read_bytes())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(partial, output / path.name)
+        folder = os.open(output, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def measure_disk_floor(folders: list[Path], work: Path) -> Run:
+    """Time what a crash-safe receiver must do at least for each instance.
+
+    A thread per folder writes each file, fsyncs it, renames it into place
+    and fsyncs its folder, with no network and no database: the physical
+    floor that the fsync rule sets, in one run with the receivers.
+    """
+    work.mkdir()
+    threads = []
+    for number, folder in enumerate(folders):
+        output = work / str(number)
+        output.mkdir()
+        files = sorted(folder.iterdir())
+        threads.append(threading.Thread(target=_write_durably, args=(files, output)))
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    stored = sum(1 for path in work.rglob("*") if path.is_file())
+    shutil.rmtree(work)
+    return Run("disk floor", len(folders), seconds, stored)
+
+
 def report(runs: list[Run], instance_bytes: int) -> None:
     print(
         f"{INSTANCES} CT instances of 512x512 16-bit, "
         f"{instance_bytes / 1e6:.2f} MB each, sent with storescu"
     )
     print(f"{'receiver':<13} {'associations':>12} {'seconds':>8} {'instances/s':>12}")
-    print("(discard: Viewbox's AE with a C-STORE handler that stores nothing)")
+    print("(discard: Viewbox's network layer, storing nothing)")
+    print("(pynetdicom: pynetdicom 3's Storage SCP, storing nothing)")
     print("(storescp+sync: storescp that runs 'sync FILE' after each file)")
+    print("(disk floor: write, fsync, rename and fsync the folder; no network)")
 
     for run in runs:
         print(
@@ -394,7 +489,7 @@ def report(runs: list[Run], instance_bytes: int) -> None:
         )
     print()
     print("Viewbox receiver RSS, MiB: largest sample of the first, middle and")
-    print("last tenth of the run; peak (VmHWM) at its end")
+    print("last tenth of the run; peak: sum of the processes' VmHWM at its end")
     for run in runs:
         if run.rss_kib is not None:
             start, middle, end, peak = (kib / 1024 for kib in run.rss_kib)
@@ -445,12 +540,15 @@ def main() -> None:
                     f"  {receiver} over {len(folders)} association(s) done",
                     file=sys.stderr,
                 )
+            runs.append(measure_disk_floor(folders, root / "work"))
         report(runs, files[0].stat().st_size)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--discarding-receiver"]:
         run_discarding_receiver(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["--pynetdicom-receiver"]:
+        run_pynetdicom_receiver(int(sys.argv[2]))
     else:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
         main()

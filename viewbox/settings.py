@@ -329,7 +329,13 @@ DICOM_CALLING_AE_TITLES = [
     for title in os.environ.get("VIEWBOX_DICOM_CALLING_AE_TITLES", "").split(",")
     if title.strip()
 ]
+# Associations served at once by each receiver process.
 DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "10"))
+# Receiver processes sharing the port. One process serves its associations
+# in threads, which take turns on Python's global interpreter lock.
+DICOM_RECEIVER_PROCESSES = int(
+    os.environ.get("VIEWBOX_DICOM_RECEIVER_PROCESSES", str(os.cpu_count() or 1))
+)
 STOW_TOKEN_SHA256 = [
     digest.strip().lower()
     for digest in os.environ.get("VIEWBOX_STOW_TOKEN_SHA256", "").split(",")

@@ -27,7 +27,10 @@ def record_event(
     actor is someone else (``actor_kind="share"`` already names the link).
     The entry commits or rolls back with the caller's transaction.
     """
-    with transaction.atomic():
+    # Without a savepoint of its own: an error rolls back the caller's
+    # transaction, which is what callers want, and each append costs two
+    # statements fewer.
+    with transaction.atomic(savepoint=False):
         # The row lock makes appends from every worker on every machine take
         # turns, so that no two entries chain to the same predecessor. It is
         # held until the caller's transaction ends. SQLite has no row locks,

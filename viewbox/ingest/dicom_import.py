@@ -213,13 +213,22 @@ def _fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
+def _move_durably(source: Path, target: Path) -> bool:
+    """Fsync source and rename it to target; return False across file systems."""
+    if source.stat().st_dev != target.parent.stat().st_dev:
+        return False
+    _fsync_path(source)
+    os.replace(source, target)
+    return True
+
+
 def _store_durably(source: Path, name: str, *, move: bool) -> None:
     """Place source at name in the default storage, on disk before returning.
 
     The bytes reach the final name only by a rename, after an fsync, and the
     folders are fsynced after it, so that a crash leaves either the whole
-    file there or nothing. With ``move`` the source is renamed when it is on
-    the same file system, else copied.
+    file there or nothing. With ``move`` the source is fsynced and renamed
+    to the final name when it is on the same file system, else copied.
     """
     target = Path(default_storage.path(name))
     new_folders = [
@@ -228,20 +237,15 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         if not folder.exists()
     ]
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        if move:
-            try:
-                os.replace(source, partial)
-            except OSError:
-                shutil.copyfile(source, partial)
-        else:
+    if not (move and _move_durably(source, target)):
+        partial = target.with_name(f".{target.name}.partial")
+        try:
             shutil.copyfile(source, partial)
-        _fsync_path(partial)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+            _fsync_path(partial)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     for folder in [target.parent, *(folder.parent for folder in new_folders)]:
         _fsync_path(folder)
 
@@ -291,13 +295,17 @@ class CheckedFile:
 
 
 def check_dicom_file(
-    path: Path, announced: tuple[str, str] | None = None
+    path: Path,
+    announced: tuple[str, str] | None = None,
+    *,
+    sha256: str | None = None,
 ) -> CheckedFile:
     """Read and check a file's header and hash its bytes.
 
     Raises UnusableDicomError when the file cannot be stored, and
     DatasetMismatchError when it differs from the ``announced`` (SOP Class
-    UID, SOP Instance UID) pair.
+    UID, SOP Instance UID) pair. A caller that hashed the bytes as it wrote
+    them passes the hexadecimal SHA-256 as ``sha256``.
     """
     ds = read_header(path)
     sop_instance_uid = _uid(ds, "SOPInstanceUID")
@@ -309,7 +317,7 @@ def check_dicom_file(
         dataset=ds,
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
-        sha256=_sha256(path),
+        sha256=sha256 or _sha256(path),
         size=path.stat().st_size,
     )
 
@@ -319,9 +327,11 @@ def find_stored_copy(checked: CheckedFile) -> DicomImportResult | None:
 
     Raises ConflictingInstanceError when it is stored with other content.
     """
-    existing = Instance.objects.filter(
-        sop_instance_uid=checked.sop_instance_uid
-    ).first()
+    existing = (
+        Instance.objects.filter(sop_instance_uid=checked.sop_instance_uid)
+        .only("pk", "sha256")
+        .first()
+    )
     if existing is None:
         return None
     if existing.sha256 == checked.sha256:
@@ -338,10 +348,8 @@ def study_and_series_for(checked: CheckedFile) -> tuple[Study, Series]:
     return study, _series_for(checked.dataset, study)
 
 
-def place_file(
-    checked: CheckedFile, study: Study, series: Series, *, move: bool
-) -> Instance:
-    """Store the file durably in the series' folder; return its unsaved row."""
+def new_instance(checked: CheckedFile, study: Study, series: Series) -> Instance:
+    """Return the unsaved row of a checked file, named in the series' folder."""
     ds = checked.dataset
     has_pixels = _PIXEL_DATA in ds
     instance = Instance(
@@ -358,7 +366,20 @@ def place_file(
     )
     # File names come from internal ids, never from tag values.
     instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+    return instance
+
+
+def place_new_instance(checked: CheckedFile, instance: Instance, *, move: bool) -> None:
+    """Store the checked file durably at the name of its new row."""
     _store_durably(checked.path, instance.file, move=move)
+
+
+def place_file(
+    checked: CheckedFile, study: Study, series: Series, *, move: bool
+) -> Instance:
+    """Store the file durably in the series' folder; return its unsaved row."""
+    instance = new_instance(checked, study, series)
+    place_new_instance(checked, instance, move=move)
     return instance
 
 

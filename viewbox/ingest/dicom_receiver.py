@@ -1,12 +1,13 @@
 """The DICOM receiver: a Storage SCP that files what modalities and PACS send.
 
-Each C-STORE request goes through ``import_dicom_file``, the path of the
-``import_dicom`` command, so that received instances are validated, matched
-to exams and quarantined by the same rules. pynetdicom writes each data set
-to a temporary file as its fragments arrive (``STORE_RECV_CHUNKED_DATASET``),
-so that memory does not grow with the size of an instance or of a study, and
-the pixel data is never decoded. Success is sent only once the file is in
-its final place, fsynced, and its row committed.
+``dicom_network`` runs the associations and writes each data set to a file
+in a staging folder of the storage as its fragments arrive, so that memory
+does not grow with the size of an instance or of a study, and the pixel
+data is never decoded. Each file then goes through the checks of the
+``import_dicom`` command (``check_dicom_file``), so that received instances
+are validated, matched to exams and quarantined by the same rules. Success
+is sent only once the file is in its final place, fsynced, and its row
+committed.
 
 The association threads check and fsync their files in parallel. One writer
 thread makes the database changes of stored instances, so that the rows of
@@ -16,26 +17,24 @@ write lock. Only quarantined files are recorded from the association's
 thread.
 """
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import re
+import shutil
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection, transaction
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
-from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
 from viewbox.ingest.dicom_import import (
     CheckedFile,
@@ -44,9 +43,19 @@ from viewbox.ingest.dicom_import import (
     attach_exam_if_waiting,
     check_dicom_file,
     find_stored_copy,
-    place_file,
+    new_instance,
+    place_new_instance,
     save_instance,
     study_and_series_for,
+)
+from viewbox.ingest.dicom_network import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    ReceivedDataSet,
+    StorageServer,
+    StoreResult,
 )
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.ingest.quarantine import quarantine_file
@@ -54,102 +63,89 @@ from viewbox.records.models import Series, Study
 
 logger = logging.getLogger(__name__)
 
-# C-STORE status codes of the Storage Service Class (PS3.4 Annex B).
-STATUS_SUCCESS: Final = 0x0000
-STATUS_OUT_OF_RESOURCES: Final = 0xA700
-STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
-STATUS_CANNOT_UNDERSTAND: Final = 0xC000
-# Error Comment (0000,0902) has VR LO: at most 64 characters.
-_ERROR_COMMENT_LENGTH: Final = 64
-
-VERIFICATION_SOP_CLASS: Final = UID("1.2.840.10008.1.1")
+VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 
 # Storage SOP Classes (PS3.4 Annex B.5) of the modalities that an outpatient
 # radiology group runs, and the documents that come with their studies.
-STORAGE_SOP_CLASSES: Final = tuple(
-    UID(uid)
-    for uid in (
-        "1.2.840.10008.5.1.4.1.1.2",  # CT Image
-        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
-        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image
-        "1.2.840.10008.5.1.4.1.1.4",  # MR Image
-        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
-        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
-        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
-        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
-        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image, For Presentation
-        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image, For Processing
-        "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography, For Presentation
-        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography, For Processing
-        "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
-        "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray, Presentation
-        "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray, Processing
-        "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
-        "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
-        "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
-        "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
-        "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image
-        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image
-        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image
-        "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
-        "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image
-        "1.2.840.10008.5.1.4.1.1.13.1.1",  # X-Ray 3D Angiographic Image
-        "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
-        "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image
-        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
-        "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC Image
-        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image
-        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image
-        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC Image
-        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-        "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
-        "1.2.840.10008.5.1.4.1.1.88.50",  # Mammography CAD SR
-        "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
-        "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
-        "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
-    )
+STORAGE_SOP_CLASSES: Final = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image, For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image, For Processing
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography, For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography, For Processing
+    "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
+    "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray, Presentation
+    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray, Processing
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image
+    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
+    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image
+    "1.2.840.10008.5.1.4.1.1.13.1.1",  # X-Ray 3D Angiographic Image
+    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
+    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC Image
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC Image
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.50",  # Mammography CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
 )
 
 # Transfer syntaxes (PS3.5 Annex A) accepted for every storage class. The
 # receiver stores the bytes as sent, so it needs no codec for any of them.
-# pynetdicom accepts the first syntax of this list that a proposed context
+# The receiver accepts the first syntax of this list that a proposed context
 # holds. Compressed syntaxes come first, so that a sender that proposes its
 # file's own syntax next to the uncompressed ones sends the file unchanged
 # instead of decompressing it, which it may not be able to do.
-TRANSFER_SYNTAXES: Final = tuple(
-    UID(uid)
-    for uid in (
-        "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-        "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
-        "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
-        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (SV1)
-        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-        "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
-        "1.2.840.10008.1.2.4.91",  # JPEG 2000
-        "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
-        "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 RPCL (Lossless)
-        "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
-        "1.2.840.10008.1.2.5",  # RLE Lossless
-        "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
-        "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
-        "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
-        "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible
-        "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
-        "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
-        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-        "1.2.840.10008.1.2",  # Implicit VR Little Endian
-        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
-    )
+TRANSFER_SYNTAXES: Final = (
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 RPCL (Lossless)
+    "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
 )
 
-# Largest P-DATA-TF PDU announced to senders, in bytes. One PDU at a time is
-# held in memory per association.
-_MAXIMUM_PDU_SIZE: Final = 1024 * 1024
+# Folder of the default storage where data sets are written as they arrive.
+# Each receiver process has its own folder in it, locked while it runs.
+STAGING_FOLDER: Final = "incoming"
+_STAGING_LOCK: Final = ".lock"
 
 _SAFE_AE_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -164,13 +160,6 @@ _CACHED_SERIES: Final = 256
 # The study is matched anyway when its order arrives (attach_waiting_studies);
 # the look covers an order that arrived while the study row was created.
 _EXAM_CHECK_SECONDS: Final = 1.0
-
-
-def _status(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment[:_ERROR_COMMENT_LENGTH]
-    return status
 
 
 def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None:
@@ -216,6 +205,8 @@ class _Job[T]:
         self.result: T | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
+        # Set for a job submitted after the writer stopped, which wait() runs.
+        self.inline = False
 
 
 class DatabaseWriter:
@@ -249,21 +240,29 @@ class DatabaseWriter:
         self._queue.put(None)
         self._thread.join()
 
-    def run[T](self, function: Callable[[], T]) -> T:
-        """Run function in the writer's thread and transaction; return its result."""
+    def submit[T](self, function: Callable[[], T]) -> "_Job[T]":
+        """Queue function for the writer's thread; wait() returns its result."""
         job = _Job(function)
         with self._stopping_lock:
-            stopped = self._stopped
-            if not stopped:
+            job.inline = self._stopped
+            if not job.inline:
                 self._queue.put(job)
-        if stopped:
+        return job
+
+    def wait[T](self, job: "_Job[T]") -> T:
+        """Return the result of a submitted job once its transaction committed."""
+        if job.inline:
             # A request that outlived the server: run it here, alone.
             with transaction.atomic():
-                return function()
+                return job.function()
         job.done.wait()
         if job.error is not None:
             raise job.error
         return cast(T, job.result)
+
+    def run[T](self, function: Callable[[], T]) -> T:
+        """Run function in the writer's thread and transaction; return its result."""
+        return self.wait(self.submit(function))
 
     def study_and_series(self, checked: CheckedFile) -> tuple[Study, Series]:
         """Return the rows of the file's study and series, created if new.
@@ -392,7 +391,9 @@ class _JobFailed(Exception):
 
 def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
     study, series = writer.study_and_series(checked)
-    instance = place_file(checked, study, series, move=True)
+    instance = new_instance(checked, study, series)
+    placed = threading.Event()
+    placing_errors: list[BaseException] = []
 
     def save() -> None:
         if study.exam_id is None and writer.exam_check_due(study):
@@ -405,9 +406,26 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
             )
             attach_exam_if_waiting(study)
         save_instance(instance, study)
+        # The rows are inserted while the association's thread fsyncs the
+        # file, but they are committed only once the file is on disk.
+        placed.wait()
+        if placing_errors:
+            raise placing_errors[0]
 
+    job = writer.submit(save)
     try:
-        writer.run(save)
+        place_new_instance(checked, instance, move=True)
+    except BaseException as error:
+        placing_errors.append(error)
+        raise
+    finally:
+        placed.set()
+        if placing_errors:
+            # The job fails with the same error; wait until it rolled back.
+            with contextlib.suppress(BaseException):
+                writer.wait(job)
+    try:
+        writer.wait(job)
     except BaseException:
         default_storage.delete(instance.file)
         writer.forget_series()
@@ -416,65 +434,97 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
         logger.info("Stored instance %d in unmatched study %d", instance.pk, study.pk)
 
 
-def handle_store(event: Event, writer: DatabaseWriter) -> Dataset | int:
+def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResult:
     """Store one received data set and return the C-STORE status."""
-    path = event.dataset_path
-    request = cast(C_STORE, event.request)
-    calling_ae_title = event.assoc.requestor.ae_title
-    announced = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+    path = received.path
+    announced = (received.sop_class_uid, received.sop_instance_uid)
     _drop_broken_connection()
     try:
-        checked = check_dicom_file(path, announced)
+        checked = check_dicom_file(path, announced, sha256=received.sha256)
         stored_copy = find_stored_copy(checked)
         if stored_copy is None:
             _store(checked, writer)
     except DatasetMismatchError as error:
-        _quarantine_received(path, calling_ae_title, str(error))
-        return _status(STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error))
+        _quarantine_received(path, received.calling_ae_title, str(error))
+        return StoreResult(STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error))
     except UnusableDicomError as error:
-        _quarantine_received(path, calling_ae_title, str(error))
-        return _status(STATUS_CANNOT_UNDERSTAND, str(error))
+        _quarantine_received(path, received.calling_ae_title, str(error))
+        return StoreResult(STATUS_CANNOT_UNDERSTAND, str(error))
     except (OSError, DatabaseError) as error:
         # Not the sender's fault: nothing is kept, and the sender may retry.
         logger.error(
             "Could not store a C-STORE data set: %s: %s", type(error).__name__, error
         )
-        return _status(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later")
+        return StoreResult(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later")
     if stored_copy is not None and stored_copy.instance is not None:
         logger.info(
             "Received instance %d again; kept the stored copy",
             stored_copy.instance.pk,
         )
-    return STATUS_SUCCESS
+    return StoreResult(STATUS_SUCCESS)
 
 
-def _close_database_connection(event: Event) -> None:
-    # Each association runs in its own thread with its own connection. A
-    # release or an abort is handled in that thread, like the C-STORE requests.
+def _close_database_connection() -> None:
+    # Each association runs in its own thread with its own connection.
     connection.close()
 
 
-def _log_association(event: Event) -> None:
-    logger.info(
-        "Accepted an association from %s at %s",
-        event.assoc.requestor.ae_title,
-        event.assoc.requestor.address,
+def _accepted_contexts() -> dict[str, tuple[str, ...]]:
+    contexts: dict[str, tuple[str, ...]] = dict.fromkeys(
+        STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
     )
+    contexts[VERIFICATION_SOP_CLASS] = TRANSFER_SYNTAXES
+    return contexts
 
 
-def _log_rejection(event: Event) -> None:
-    logger.warning(
-        "Rejected an association from %s at %s",
-        event.assoc.requestor.ae_title,
-        event.assoc.requestor.address,
+def _remove_stale_staging(staging_root: Path) -> None:
+    """Delete the staging folders of receiver processes that ended.
+
+    A process holds an exclusive lock on its folder's lock file while it
+    runs, so a folder whose lock can be taken belongs to one that crashed
+    or stopped.
+    """
+    if not staging_root.is_dir():
+        return
+    for folder in staging_root.iterdir():
+        try:
+            descriptor = os.open(folder / _STAGING_LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(descriptor)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("Removed the staging folder %s of a stopped receiver", folder.name)
+
+
+def _create_staging() -> tuple[Path, int]:
+    """Create and lock this process's staging folder; return it and the lock."""
+    staging_root = Path(default_storage.path(STAGING_FOLDER))
+    _remove_stale_staging(staging_root)
+    staging = staging_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    descriptor = os.open(
+        staging / _STAGING_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
     )
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return staging, descriptor
 
 
-def build_application_entity() -> AE:
-    """Return the receiver's AE, configured from the settings.
+def start_receiver(
+    host: str, port: int, listener: socket.socket | None = None
+) -> StorageServer:
+    """Start the receiver in background threads and return its server.
 
-    Raises ValueError when no calling AE title is allowed, because pynetdicom
-    reads an empty list as "accept every caller".
+    ``listener`` is a listening socket shared with other receiver processes.
+    Raises ValueError when no calling AE title is allowed, and OSError when
+    the address cannot be used.
     """
     calling_ae_titles = list(settings.DICOM_CALLING_AE_TITLES)
     if not calling_ae_titles:
@@ -482,53 +532,31 @@ def build_application_entity() -> AE:
             "VIEWBOX_DICOM_CALLING_AE_TITLES is empty; list the AE titles of the "
             "modalities and PACS allowed to send, separated by commas"
         )
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    application_entity = AE(ae_title=settings.DICOM_AE_TITLE)
-    application_entity.require_calling_aet = calling_ae_titles
-    application_entity.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
-    # Larger PDUs mean fewer fragments, and fewer Python calls per instance.
-    application_entity.maximum_pdu_size = _MAXIMUM_PDU_SIZE
-    application_entity.add_supported_context(VERIFICATION_SOP_CLASS)
-    for sop_class in STORAGE_SOP_CLASSES:
-        application_entity.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-    return application_entity
-
-
-class ReceiverServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, which also stops the database writer."""
-
-    writer: DatabaseWriter
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        self.writer.stop()
-
-
-def start_receiver(host: str, port: int) -> ReceiverServer:
-    """Start the receiver in background threads and return its server."""
+    staging, lock = _create_staging()
     writer = DatabaseWriter()
-    handlers: list[Any] = [
-        (evt.EVT_C_STORE, handle_store, [writer]),
-        (evt.EVT_ACCEPTED, _log_association),
-        (evt.EVT_REJECTED, _log_rejection),
-        (evt.EVT_RELEASED, _close_database_connection),
-        (evt.EVT_ABORTED, _close_database_connection),
-    ]
-    application_entity = build_application_entity()
-    server = cast(
-        ReceiverServer,
-        application_entity.make_server(
-            (host, port), evt_handlers=handlers, server_class=ReceiverServer
-        ),
-    )
-    # AE.start_server(block=False) does this and the following, but cannot
-    # take a server class. The server's shutdown() removes itself from this
-    # list.
-    application_entity._servers.append(server)
-    server.writer = writer
+
+    def stop() -> None:
+        writer.stop()
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
+
+    try:
+        server = StorageServer(
+            (host, port),
+            calling_ae_titles=calling_ae_titles,
+            contexts=_accepted_contexts(),
+            maximum_associations=settings.DICOM_MAX_ASSOCIATIONS,
+            maximum_file_bytes=settings.DICOM_MAX_FILE_BYTES,
+            staging=staging,
+            store=lambda received: handle_store(received, writer),
+            on_association_end=_close_database_connection,
+            on_stop=stop,
+            listener=listener,
+        )
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
+        raise
     writer.start()
-    started = datetime.now().strftime("%Y%m%d%H%M%S")
-    threading.Thread(
-        target=server.serve_forever, name=f"AcceptorServer@{started}", daemon=True
-    ).start()
+    server.start()
     return server

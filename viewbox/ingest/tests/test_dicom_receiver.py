@@ -21,7 +21,7 @@ from pynetdicom import AE, _config
 
 from viewbox.conftest import make_exam, make_patient, package_path
 from viewbox.ingest import dicom_import
-from viewbox.ingest.dicom_receiver import build_application_entity, start_receiver
+from viewbox.ingest.dicom_receiver import start_receiver
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.ingest.tests.test_dicom_import import write_copy
 from viewbox.records.models import Instance
@@ -88,8 +88,11 @@ def alice_exam(california):
 
 
 def stored_files(settings) -> list[Path]:
+    """Return the files in the storage, except the running receiver's lock file."""
     media = Path(settings.STORAGES["default"]["OPTIONS"]["location"])
-    return sorted(path for path in media.rglob("*") if path.is_file())
+    return sorted(
+        path for path in media.rglob("*") if path.is_file() and path.name != ".lock"
+    )
 
 
 def pixel_data(path: Path) -> bytes:
@@ -120,7 +123,7 @@ class TestAssociation:
         with pytest.raises(
             ValueError, match="VIEWBOX_DICOM_CALLING_AE_TITLES is empty"
         ):
-            build_application_entity()
+            start_receiver("127.0.0.1", 0)
 
     def test_echo_is_answered(self, receiver) -> None:
         result = dcmtk("echoscu", "-aet", "STORESCU", "127.0.0.1", receiver)

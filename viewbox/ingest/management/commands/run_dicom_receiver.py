@@ -1,5 +1,7 @@
 import logging
+import os
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import Any
@@ -31,11 +33,20 @@ class Command(BaseCommand):
             default=settings.DICOM_PORT,
             help="TCP port to listen on (default: VIEWBOX_DICOM_PORT or 11112)",
         )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=settings.DICOM_RECEIVER_PROCESSES,
+            help=(
+                "receiver processes sharing the port, each serving whole "
+                "associations (default: VIEWBOX_DICOM_RECEIVER_PROCESSES or the "
+                "number of CPUs)"
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        # pynetdicom logs every request at INFO. The receiver logs each
-        # association and each rejected instance itself.
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        if options["processes"] < 1:
+            raise CommandError("--processes must be 1 or more")
         if connection.vendor == "sqlite":
             # In WAL mode a commit costs one fsync instead of the rollback
             # journal's several, and readers do not block the receiver's
@@ -43,17 +54,21 @@ class Command(BaseCommand):
             # holds for the web server and the worker too.
             with connection.cursor() as cursor:
                 cursor.execute("PRAGMA journal_mode=WAL")
-            connection.close()
-        try:
-            server = start_receiver(options["host"], options["port"])
-        except (ValueError, OSError) as error:
-            raise CommandError(f"Cannot start the DICOM receiver: {error}") from error
-        host, port = server.server_address[:2]
-        logger.info(
-            "DICOM receiver %s listening on %s:%d", settings.DICOM_AE_TITLE, host, port
-        )
-        self.stdout.write(f"Listening on {host}:{port} as {settings.DICOM_AE_TITLE}")
+        # A forked process must not share its parent's database connection.
+        connection.close()
 
+        host, port = options["host"], options["port"]
+        if options["processes"] == 1:
+            self._serve(host, port, None)
+            return
+        try:
+            listener = socket.create_server((host, port), backlog=64)
+        except OSError as error:
+            raise CommandError(f"Cannot start the DICOM receiver: {error}") from error
+        self._supervise(listener, options["processes"])
+
+    def _serve(self, host: str, port: int, listener: socket.socket | None) -> None:
+        """Serve associations in this process until SIGTERM or SIGINT."""
         stopping = threading.Event()
 
         def request_stop(signal_number: int, frame: FrameType | None) -> None:
@@ -61,7 +76,90 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        try:
+            server = start_receiver(host, port, listener)
+        except (ValueError, OSError) as error:
+            raise CommandError(f"Cannot start the DICOM receiver: {error}") from error
+        bound_host, bound_port = server.server_address[:2]
+        logger.info(
+            "DICOM receiver %s listening on %s:%d (process %d)",
+            settings.DICOM_AE_TITLE,
+            bound_host,
+            bound_port,
+            os.getpid(),
+        )
+        if listener is None:
+            self.stdout.write(
+                f"Listening on {bound_host}:{bound_port} as {settings.DICOM_AE_TITLE}"
+            )
         stopping.wait()
         # Associations in progress finish their current request first.
         server.shutdown()
-        logger.info("DICOM receiver stopped")
+        logger.info("DICOM receiver stopped (process %d)", os.getpid())
+
+    def _supervise(self, listener: socket.socket, processes: int) -> None:
+        """Fork the receiver processes, pass on SIGTERM, and wait for them.
+
+        When one ends by itself, the others are stopped too and the command
+        fails, so that the service manager restarts the whole receiver.
+        """
+        children = []
+        for _ in range(processes):
+            pid = os.fork()
+            if pid == 0:
+                self._run_child(listener)
+            children.append(pid)
+        listener_host, listener_port = listener.getsockname()[:2]
+        listener.close()
+        self.stdout.write(
+            f"Listening on {listener_host}:{listener_port} as "
+            f"{settings.DICOM_AE_TITLE} with {processes} processes"
+        )
+        self.stdout.flush()
+
+        stopping = False
+
+        def stop_children(signal_number: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+            for child in children:
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        signal.signal(signal.SIGTERM, stop_children)
+        signal.signal(signal.SIGINT, stop_children)
+        failed = False
+        remaining = set(children)
+        while remaining:
+            pid, status = os.wait()
+            remaining.discard(pid)
+            if not stopping:
+                logger.error(
+                    "DICOM receiver process %d ended with status %d; stopping the "
+                    "others",
+                    pid,
+                    os.waitstatus_to_exitcode(status),
+                )
+                failed = True
+                stop_children(signal.SIGTERM, None)
+        if failed:
+            raise CommandError("A DICOM receiver process ended unexpectedly")
+
+    def _run_child(self, listener: socket.socket) -> None:
+        status = 1
+        try:
+            self._serve("", 0, listener)
+            status = 0
+        except CommandError as error:
+            logger.error("%s", error)
+        except BaseException as error:
+            logger.error(
+                "DICOM receiver process %d failed: %s",
+                os.getpid(),
+                type(error).__name__,
+            )
+        finally:
+            logging.shutdown()
+            os._exit(status)

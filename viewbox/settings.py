@@ -332,9 +332,13 @@ DICOM_CALLING_AE_TITLES = [
 # Associations served at once by each receiver process.
 DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "10"))
 # Receiver processes sharing the port. One process serves its associations
-# in threads, which take turns on Python's global interpreter lock.
-DICOM_RECEIVER_PROCESSES = int(
-    os.environ.get("VIEWBOX_DICOM_RECEIVER_PROCESSES", str(os.cpu_count() or 1))
+# in threads, which take turns on Python's global interpreter lock. None
+# lets run_dicom_receiver choose: one on SQLite, whose single writer the
+# processes would queue on, else one per CPU.
+DICOM_RECEIVER_PROCESSES = (
+    int(os.environ["VIEWBOX_DICOM_RECEIVER_PROCESSES"])
+    if os.environ.get("VIEWBOX_DICOM_RECEIVER_PROCESSES")
+    else None
 )
 STOW_TOKEN_SHA256 = [
     digest.strip().lower()

@@ -6,11 +6,13 @@ not known yet are kept in an unmatched study that is attached when the
 order arrives. Files that are not usable DICOM go to the quarantine.
 """
 
+import errno
 import hashlib
 import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -215,11 +217,33 @@ def _fsync_path(path: Path) -> None:
 
 def _move_durably(source: Path, target: Path) -> bool:
     """Fsync source and rename it to target; return False across file systems."""
-    if source.stat().st_dev != target.parent.stat().st_dev:
-        return False
     _fsync_path(source)
-    os.replace(source, target)
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno == errno.EXDEV:
+            return False
+        raise
     return True
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create folder and its missing parents; return those created, outermost first.
+
+    The common case, a folder that exists, costs one system call.
+    """
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        created = _make_folders(folder.parent)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            return created
+        return [*created, folder]
+    return [folder]
 
 
 def _store_durably(source: Path, name: str, *, move: bool) -> None:
@@ -231,12 +255,7 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
     to the final name when it is on the same file system, else copied.
     """
     target = Path(default_storage.path(name))
-    new_folders = [
-        folder
-        for folder in (target.parent.parent, target.parent)
-        if not folder.exists()
-    ]
-    target.parent.mkdir(parents=True, exist_ok=True)
+    new_folders = _make_folders(target.parent)
     if not (move and _move_durably(source, target)):
         partial = target.with_name(f".{target.name}.partial")
         try:
@@ -246,7 +265,8 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-    for folder in [target.parent, *(folder.parent for folder in new_folders)]:
+    # The folder that holds the new name, and the parent of each new folder.
+    for folder in [target.parent, *(folder.parent for folder in reversed(new_folders))]:
         _fsync_path(folder)
 
 
@@ -383,21 +403,31 @@ def place_file(
     return instance
 
 
-def save_instance(instance: Instance, study: Study) -> None:
-    """Insert the row of a placed file, its audit row and its preview task.
+def save_instance(
+    instance: Instance,
+    study: Study,
+    *,
+    before_audit: Callable[[], None] | None = None,
+) -> None:
+    """Insert the row of a placed file, its preview task and its audit row.
 
-    Call inside a transaction. The caller deletes the file when it fails.
+    Call inside a transaction. The audit row takes the chain's lock until
+    the transaction ends, so ``before_audit`` runs what the caller must
+    wait for before it, such as the fsync of a file placed in parallel.
+    The caller deletes the file when this fails.
     """
     instance.save()
+    # The task backend stores tasks in this database, so the task row is
+    # committed with the instance, in one commit instead of two.
+    render_previews.enqueue(instance.pk)
+    if before_audit is not None:
+        before_audit()
     record_event(
         "images.import",
         actor_kind="import",
         patient_id=study.exam.visit.patient_id if study.exam else None,
         exam_id=study.exam_id,
     )
-    # The task backend stores tasks in this database, so the task row is
-    # committed with the instance, in one commit instead of two.
-    render_previews.enqueue(instance.pk)
 
 
 def import_dicom_file(

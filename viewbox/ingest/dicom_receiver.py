@@ -405,7 +405,9 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
                 .first()
             )
             attach_exam_if_waiting(study)
-        save_instance(instance, study)
+        save_instance(instance, study, before_audit=wait_until_placed)
+
+    def wait_until_placed() -> None:
         # The rows are inserted while the association's thread fsyncs the
         # file, but they are committed only once the file is on disk.
         placed.wait()

@@ -4,7 +4,7 @@ import signal
 import socket
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -39,13 +39,16 @@ class Command(BaseCommand):
             default=settings.DICOM_RECEIVER_PROCESSES,
             help=(
                 "receiver processes sharing the port, each serving whole "
-                "associations (default: VIEWBOX_DICOM_RECEIVER_PROCESSES or the "
-                "number of CPUs)"
+                "associations (default: VIEWBOX_DICOM_RECEIVER_PROCESSES, else 1 "
+                "on SQLite and the number of CPUs on other databases)"
             ),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["processes"] < 1:
+        processes = options["processes"]
+        if processes is None:
+            processes = 1 if connection.vendor == "sqlite" else os.cpu_count() or 1
+        if processes < 1:
             raise CommandError("--processes must be 1 or more")
         if connection.vendor == "sqlite":
             # In WAL mode a commit costs one fsync instead of the rollback
@@ -58,14 +61,14 @@ class Command(BaseCommand):
         connection.close()
 
         host, port = options["host"], options["port"]
-        if options["processes"] == 1:
+        if processes == 1:
             self._serve(host, port, None)
             return
         try:
             listener = socket.create_server((host, port), backlog=64)
         except OSError as error:
             raise CommandError(f"Cannot start the DICOM receiver: {error}") from error
-        self._supervise(listener, options["processes"])
+        self._supervise(listener, processes)
 
     def _serve(self, host: str, port: int, listener: socket.socket | None) -> None:
         """Serve associations in this process until SIGTERM or SIGINT."""
@@ -147,7 +150,7 @@ class Command(BaseCommand):
         if failed:
             raise CommandError("A DICOM receiver process ended unexpectedly")
 
-    def _run_child(self, listener: socket.socket) -> None:
+    def _run_child(self, listener: socket.socket) -> NoReturn:
         status = 1
         try:
             self._serve("", 0, listener)

@@ -52,12 +52,17 @@ RSS_SAMPLE_SECONDS: Final = 0.05
 # Goals: Viewbox's instances per second against each reference.
 GOAL_FRACTION_OF_STORESCP: Final = 0.5
 GOAL_FRACTION_OF_ORTHANC: Final = 1.0
-# The PostgreSQL server on loopback that the tests use too, and the
-# benchmark's own database on it, dropped and created for each run.
-POSTGRESQL_SERVER: Final = os.environ.get(
-    "VIEWBOX_BENCH_POSTGRES_SERVER", "postgres://postgres@127.0.0.1:5432"
+# The local PostgreSQL server, and the benchmark's own database on it,
+# dropped and created for each run. The benchmark runs in a network
+# namespace of its own, so it reaches the server through its Unix socket.
+POSTGRESQL_SOCKET_FOLDER: Final = os.environ.get(
+    "VIEWBOX_BENCH_POSTGRES_SOCKET", "/var/run/postgresql"
 )
 POSTGRESQL_DATABASE: Final = "viewbox_bench_store"
+
+
+def postgresql_url(database: str) -> str:
+    return f"postgres://postgres@/{database}?host={POSTGRESQL_SOCKET_FOLDER}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,7 @@ def viewbox_receiver(
     database_url = f"sqlite:///{data / 'db.sqlite3'}"
     if postgresql:
         recreate_postgresql_database()
-        database_url = f"{POSTGRESQL_SERVER}/{POSTGRESQL_DATABASE}"
+        database_url = postgresql_url(POSTGRESQL_DATABASE)
     env = {
         **environment(),
         "VIEWBOX_DATA_DIR": str(data),
@@ -226,7 +231,7 @@ def viewbox_receiver(
 def recreate_postgresql_database() -> None:
     import psycopg
 
-    with psycopg.connect(f"{POSTGRESQL_SERVER}/postgres", autocommit=True) as server:
+    with psycopg.connect(postgresql_url("postgres"), autocommit=True) as server:
         server.execute(f"DROP DATABASE IF EXISTS {POSTGRESQL_DATABASE}")
         server.execute(f"CREATE DATABASE {POSTGRESQL_DATABASE}")
 

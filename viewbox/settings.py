@@ -22,7 +22,7 @@ Everything an operator changes comes from the environment:
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.utils.csp import CSP
 
@@ -52,7 +52,14 @@ def _database_from_url(url: str) -> dict[str, object]:
             # the lock instead of failing at once, and take it when the
             # transaction starts, so that two writers cannot deadlock.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
-            "TEST": {"NAME": os.environ.get("VIEWBOX_TEST_SQLITE_NAME")},
+            # Tests use a file, as deployments do. In an in-memory database
+            # shared between threads, a read of a table that another
+            # thread's open transaction writes fails at once ("database table
+            # is locked") instead of waiting, which no deployment does.
+            "TEST": {
+                "NAME": os.environ.get("VIEWBOX_TEST_SQLITE_NAME")
+                or str(DATA_DIR / "test_db.sqlite3")
+            },
         }
     if parts.scheme in ("postgres", "postgresql"):
         return {
@@ -60,7 +67,10 @@ def _database_from_url(url: str) -> dict[str, object]:
             "NAME": unquote(parts.path.lstrip("/")) or "viewbox",
             "USER": unquote(parts.username or "postgres"),
             "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "127.0.0.1",
+            # As in libpq's URIs, "?host=/run/postgresql" names the folder of
+            # a Unix socket.
+            "HOST": parse_qs(parts.query).get("host", [parts.hostname or ""])[0]
+            or "127.0.0.1",
             "PORT": str(parts.port or 5432),
             "CONN_MAX_AGE": 60,
         }

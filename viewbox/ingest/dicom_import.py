@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -270,6 +271,30 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         _fsync_path(folder)
 
 
+def link_durably(source: Path, name: str) -> None:
+    """Give source a second name in the default storage, on disk before returning.
+
+    Source is fsynced first, and the folders are fsynced after the link, so
+    that after a crash the new name holds the whole file or does not exist.
+    The source keeps its name. The caller removes the new name when this
+    raises, or when it cannot commit the row that the name belongs to.
+    """
+    target = Path(default_storage.path(name))
+    new_folders = _make_folders(target.parent)
+    _fsync_path(source)
+    os.link(source, target)
+    try:
+        # The folder that holds the new name, and the parent of each new folder.
+        for folder in [
+            target.parent,
+            *(folder.parent for folder in reversed(new_folders)),
+        ]:
+            _fsync_path(folder)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
 def _check_announced_uids(
     sop_class_uid: str, sop_instance_uid: str, announced: tuple[str, str]
 ) -> None:
@@ -368,11 +393,17 @@ def study_and_series_for(checked: CheckedFile) -> tuple[Study, Series]:
     return study, _series_for(checked.dataset, study)
 
 
-def new_instance(checked: CheckedFile, study: Study, series: Series) -> Instance:
+def new_instance(
+    checked: CheckedFile,
+    study: Study,
+    series: Series,
+    public_id: uuid.UUID | None = None,
+) -> Instance:
     """Return the unsaved row of a checked file, named in the series' folder."""
     ds = checked.dataset
     has_pixels = _PIXEL_DATA in ds
     instance = Instance(
+        public_id=public_id or uuid.uuid4(),
         series=series,
         sop_instance_uid=checked.sop_instance_uid,
         sop_class_uid=checked.sop_class_uid,

@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -495,7 +496,8 @@ class StorageServer:
     """Accept associations on a TCP address and serve each in a thread.
 
     ``listener``, when given, is a listening socket to accept from instead
-    of a new one bound to ``address``.
+    of a new one bound to ``address``. ``on_association_end`` runs in an
+    association's thread as it ends.
     ``contexts`` maps each accepted abstract syntax to the transfer syntaxes
     it accepts, in order of preference.
     """
@@ -528,7 +530,6 @@ class StorageServer:
         self._associations: set[_Association] = set()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
-        self._staged = 0
         # Receiver processes forked from one parent share its listener, and
         # the kernel hands each connection to one of them.
         self.listener = listener or socket.create_server(address, backlog=64)
@@ -628,10 +629,8 @@ class StorageServer:
         return pdu.CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED, fallback
 
     def new_staging_path(self) -> Path:
-        with self._lock:
-            self._staged += 1
-            number = self._staged
-        return self.staging / f"{number}.dcm"
+        """Return a new file name in the staging folder: a random UUID's hex."""
+        return self.staging / f"{uuid.uuid4().hex}.dcm"
 
     def call_store(self, received: ReceivedDataSet) -> StoreResult:
         try:

@@ -5,37 +5,37 @@ in a staging folder of the storage as its fragments arrive, so that memory
 does not grow with the size of an instance or of a study, and the pixel
 data is never decoded. Each file then goes through the checks of the
 ``import_dicom`` command (``check_dicom_file``), so that received instances
-are validated, matched to exams and quarantined by the same rules. Success
-is sent only once the file is in its final place, fsynced, and its row
-committed.
+are validated, matched to exams and quarantined by the same rules.
+
+Success is sent only once the file is fsynced under its final name, a hard
+link, with its folder, and its row is committed. The file keeps its staging
+name until then, so that a receiver that starts after a crash finds and
+removes what was never acknowledged (``dicom_staging``).
 
 The association threads check and fsync their files in parallel. One writer
 thread makes the database changes of stored instances, so that the rows of
 instances that arrive together over several associations are committed in
-one transaction (group commit), and associations do not queue on SQLite's
-write lock. Only quarantined files are recorded from the association's
-thread.
+one transaction (group commit). Only quarantined files are recorded from
+the association's thread.
 """
 
 import contextlib
-import fcntl
 import logging
-import os
-import queue
 import re
-import shutil
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Final
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 
+from viewbox.ingest.database_writer import (
+    DatabaseWriter,
+    drop_broken_connection,
+)
 from viewbox.ingest.dicom_import import (
     CheckedFile,
     DatasetMismatchError,
@@ -43,10 +43,9 @@ from viewbox.ingest.dicom_import import (
     attach_exam_if_waiting,
     check_dicom_file,
     find_stored_copy,
+    link_durably,
     new_instance,
-    place_new_instance,
     save_instance,
-    study_and_series_for,
 )
 from viewbox.ingest.dicom_network import (
     STATUS_CANNOT_UNDERSTAND,
@@ -57,9 +56,10 @@ from viewbox.ingest.dicom_network import (
     StorageServer,
     StoreResult,
 )
+from viewbox.ingest.dicom_staging import create_staging, remove_staging
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.ingest.quarantine import quarantine_file
-from viewbox.records.models import Series, Study
+from viewbox.records.models import Study
 
 logger = logging.getLogger(__name__)
 
@@ -142,24 +142,7 @@ TRANSFER_SYNTAXES: Final = (
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
 )
 
-# Folder of the default storage where data sets are written as they arrive.
-# Each receiver process has its own folder in it, locked while it runs.
-STAGING_FOLDER: Final = "incoming"
-_STAGING_LOCK: Final = ".lock"
-
 _SAFE_AE_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
-
-# Maximum number of jobs that the writer commits in one transaction. A batch
-# is what queued while the previous commit ran. With four associations,
-# bench/store.py measured 1.2 to 1.4 jobs per batch on average.
-_MAXIMUM_BATCH: Final = 64
-# Series whose study and series rows the writer keeps, so that the instances
-# after the first of a series need no lookup of them.
-_CACHED_SERIES: Final = 256
-# Seconds between two looks for the exam of a cached study that has none.
-# The study is matched anyway when its order arrives (attach_waiting_studies);
-# the look covers an order that arrived while the study row was created.
-_EXAM_CHECK_SECONDS: Final = 1.0
 
 
 def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None:
@@ -184,214 +167,16 @@ def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None
     )
 
 
-def _drop_broken_connection() -> None:
-    # A connection is kept for a whole association, and the writer's for the
-    # receiver's life: opening one per instance, and on SQLite the checkpoint
-    # when the last one closes, would cost more than storing the instance.
-    # Only a broken one is replaced. It is tested only after a database
-    # error, because on PostgreSQL the test is a query: a connection that
-    # broke silently fails one request, whose sender retries, and is
-    # replaced before the next.
-    if connection.connection is not None and connection.errors_occurred:
-        if connection.is_usable():
-            connection.errors_occurred = False
-        else:
-            connection.close()
+def _store(checked: CheckedFile, writer: DatabaseWriter, calling_ae_title: str) -> None:
+    """Give the checked file its final name, on disk, and commit its rows.
 
-
-class _Job[T]:
-    def __init__(self, function: Callable[[], T]) -> None:
-        self.function = function
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        # Set for a job submitted after the writer stopped, which wait() runs.
-        self.inline = False
-
-
-class DatabaseWriter:
-    """Run the receiver's database changes in one thread, with group commit.
-
-    ``run`` returns only once the transaction that contains the job's
-    changes is committed. In a batch of several jobs each runs in a
-    savepoint, so that a failed job leaves the others unchanged. When the
-    commit fails, every job of the batch fails with that error.
+    The file is linked to its final name and keeps its staging name, which
+    the caller removes once this returns or raises. After a crash, the
+    receiver finds both names in the staging folder (``dicom_staging``).
     """
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        # Guards _stopped against a job queued while the thread ends.
-        self._stopping_lock = threading.Lock()
-        self._stopped = False
-        self._thread = threading.Thread(
-            target=self._run_batches, name="dicom-receiver-writer", daemon=True
-        )
-        # Series Instance UID to its study and series rows.
-        self._series: dict[str, tuple[Study, Series]] = {}
-        # Study primary key to when the writer last looked for its exam.
-        self._exam_checked_at: dict[int, float] = {}
-        self._series_lock = threading.Lock()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Commit the jobs already queued, then end the thread."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def submit[T](self, function: Callable[[], T]) -> "_Job[T]":
-        """Queue function for the writer's thread; wait() returns its result."""
-        job = _Job(function)
-        with self._stopping_lock:
-            job.inline = self._stopped
-            if not job.inline:
-                self._queue.put(job)
-        return job
-
-    def wait[T](self, job: "_Job[T]") -> T:
-        """Return the result of a submitted job once its transaction committed."""
-        if job.inline:
-            # A request that outlived the server: run it here, alone.
-            with transaction.atomic():
-                return job.function()
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return cast(T, job.result)
-
-    def run[T](self, function: Callable[[], T]) -> T:
-        """Run function in the writer's thread and transaction; return its result."""
-        return self.wait(self.submit(function))
-
-    def study_and_series(self, checked: CheckedFile) -> tuple[Study, Series]:
-        """Return the rows of the file's study and series, created if new.
-
-        The rows of a series seen before come from memory when the file's
-        study and identifiers match them. The Accession Number and Patient
-        ID of a study never change, so the check against them stays valid.
-        """
-        with self._series_lock:
-            cached = self._series.get(checked.series_instance_uid)
-        if cached is not None:
-            study, series = cached
-            if (
-                study.study_instance_uid == checked.study_instance_uid
-                and (study.accession_number, study.patient_id)
-                == checked.study_identifiers
-            ):
-                return cached
-        study, series = self.run(lambda: study_and_series_for(checked))
-        with self._series_lock:
-            if len(self._series) >= _CACHED_SERIES:
-                self._series.clear()
-                self._exam_checked_at.clear()
-            self._series[series.series_instance_uid] = (study, series)
-        return study, series
-
-    def forget_series(self) -> None:
-        """Drop the remembered rows, after an error that may concern them."""
-        with self._series_lock:
-            self._series.clear()
-            self._exam_checked_at.clear()
-
-    def exam_check_due(self, study: Study) -> bool:
-        """Return whether to look again for an unmatched study's exam.
-
-        Each look costs two queries, so an unmatched study is looked at once
-        per _EXAM_CHECK_SECONDS instead of once per instance.
-        """
-        now = time.monotonic()
-        with self._series_lock:
-            checked_at = self._exam_checked_at.get(study.pk)
-            if checked_at is not None and now - checked_at < _EXAM_CHECK_SECONDS:
-                return False
-            self._exam_checked_at[study.pk] = now
-            return True
-
-    def _run_batches(self) -> None:
-        try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    return
-                batch = [job]
-                while len(batch) < _MAXIMUM_BATCH:
-                    try:
-                        queued = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if queued is None:
-                        self._queue.put(None)
-                        break
-                    batch.append(queued)
-                self._commit(batch)
-        finally:
-            # Jobs queued after the stop request are still committed.
-            with self._stopping_lock:
-                self._stopped = True
-            while True:
-                try:
-                    late = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if late is not None:
-                    self._commit([late])
-            connection.close()
-
-    def _commit(self, batch: list[_Job[Any]]) -> None:
-        _drop_broken_connection()
-        committed = False
-        try:
-            with transaction.atomic():
-                if len(batch) == 1:
-                    # No other job to protect: its error rolls back the whole
-                    # transaction, without the statements of a savepoint.
-                    _run_job(batch[0])
-                else:
-                    for job in batch:
-                        try:
-                            with transaction.atomic():
-                                _run_job(job)
-                        except _JobFailed:
-                            continue
-            committed = True
-        except _JobFailed:
-            pass  # The job's own error is in the job, and nothing was written.
-        except Exception as error:
-            logger.error(
-                "Could not commit %d received instances: %s",
-                len(batch),
-                type(error).__name__,
-            )
-            for job in batch:
-                if job.error is None:
-                    job.error = error
-        finally:
-            for job in batch:
-                if not committed and job.error is None:
-                    # Reached only by an exception that is not an Exception.
-                    job.error = DatabaseError("The batch was not committed")
-                job.done.set()
-
-
-def _run_job(job: _Job[Any]) -> None:
-    try:
-        job.result = job.function()
-    except Exception as error:
-        job.error = error
-        # Leave the savepoint or transaction around the job by an exception,
-        # so that its changes are rolled back.
-        raise _JobFailed from error
-
-
-class _JobFailed(Exception):
-    pass
-
-
-def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
     study, series = writer.study_and_series(checked)
-    instance = new_instance(checked, study, series)
+    instance = new_instance(checked, study, series, uuid.UUID(checked.path.stem))
+    final = Path(default_storage.path(instance.file))
     placed = threading.Event()
     placing_errors: list[BaseException] = []
 
@@ -416,7 +201,7 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
 
     job = writer.submit(save)
     try:
-        place_new_instance(checked, instance, move=True)
+        link_durably(checked.path, instance.file)
     except BaseException as error:
         placing_errors.append(error)
         raise
@@ -429,7 +214,7 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
     try:
         writer.wait(job)
     except BaseException:
-        default_storage.delete(instance.file)
+        final.unlink(missing_ok=True)
         writer.forget_series()
         raise
     if study.exam_id is None:
@@ -440,12 +225,12 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
     """Store one received data set and return the C-STORE status."""
     path = received.path
     announced = (received.sop_class_uid, received.sop_instance_uid)
-    _drop_broken_connection()
+    drop_broken_connection()
     try:
         checked = check_dicom_file(path, announced, sha256=received.sha256)
         stored_copy = find_stored_copy(checked)
         if stored_copy is None:
-            _store(checked, writer)
+            _store(checked, writer, received.calling_ae_title)
     except DatasetMismatchError as error:
         _quarantine_received(path, received.calling_ae_title, str(error))
         return StoreResult(STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error))
@@ -479,54 +264,16 @@ def _accepted_contexts() -> dict[str, tuple[str, ...]]:
     return contexts
 
 
-def _remove_stale_staging(staging_root: Path) -> None:
-    """Delete the staging folders of receiver processes that ended.
-
-    A process holds an exclusive lock on its folder's lock file while it
-    runs, so a folder whose lock can be taken belongs to one that crashed
-    or stopped.
-    """
-    if not staging_root.is_dir():
-        return
-    for folder in staging_root.iterdir():
-        try:
-            descriptor = os.open(folder / _STAGING_LOCK, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            shutil.rmtree(folder, ignore_errors=True)
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue
-        finally:
-            os.close(descriptor)
-        shutil.rmtree(folder, ignore_errors=True)
-        logger.info("Removed the staging folder %s of a stopped receiver", folder.name)
-
-
-def _create_staging() -> tuple[Path, int]:
-    """Create and lock this process's staging folder; return it and the lock."""
-    staging_root = Path(default_storage.path(STAGING_FOLDER))
-    _remove_stale_staging(staging_root)
-    staging = staging_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    descriptor = os.open(
-        staging / _STAGING_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-    )
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
-    return staging, descriptor
-
-
 def start_receiver(
     host: str, port: int, listener: socket.socket | None = None
 ) -> StorageServer:
     """Start the receiver in background threads and return its server.
 
-    ``listener`` is a listening socket shared with other receiver processes.
-    Raises ValueError when no calling AE title is allowed, and OSError when
-    the address cannot be used.
+    Before it listens, it clears the staging folders that receiver processes
+    which crashed left behind. ``listener`` is a listening socket shared
+    with other receiver processes. Raises
+    ValueError when no calling AE title is allowed, and OSError when the
+    address cannot be used.
     """
     calling_ae_titles = list(settings.DICOM_CALLING_AE_TITLES)
     if not calling_ae_titles:
@@ -534,13 +281,13 @@ def start_receiver(
             "VIEWBOX_DICOM_CALLING_AE_TITLES is empty; list the AE titles of the "
             "modalities and PACS allowed to send, separated by commas"
         )
-    staging, lock = _create_staging()
+    staging, lock = create_staging()
+    connection.close()
     writer = DatabaseWriter()
 
     def stop() -> None:
         writer.stop()
-        shutil.rmtree(staging, ignore_errors=True)
-        os.close(lock)
+        remove_staging(staging, lock)
 
     try:
         server = StorageServer(
@@ -556,8 +303,7 @@ def start_receiver(
             listener=listener,
         )
     except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        os.close(lock)
+        remove_staging(staging, lock)
         raise
     writer.start()
     server.start()

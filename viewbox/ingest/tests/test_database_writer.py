@@ -1,19 +1,29 @@
 """The DICOM receiver's database writer: group commit and its failures."""
 
+import os
+import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
-from django.db import IntegrityError
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, OperationalError
 from pydicom.uid import generate_uid
 
 from viewbox.audit.models import AuditEvent
 from viewbox.conftest import make_exam, make_patient, package_path
-from viewbox.ingest import dicom_receiver
-from viewbox.ingest.dicom_import import check_dicom_file
-from viewbox.ingest.dicom_receiver import DatabaseWriter
+from viewbox.ingest import database_writer, dicom_import, dicom_receiver
+from viewbox.ingest.database_writer import DatabaseWriter
+from viewbox.ingest.dicom_import import (
+    check_dicom_file,
+    link_durably,
+    new_instance,
+    study_and_series_for,
+)
+from viewbox.ingest.dicom_staging import STAGING_FOLDER, create_staging, remove_staging
 from viewbox.ingest.tests.test_dicom_import import write_copy
 from viewbox.records.actions import attach_waiting_studies
 from viewbox.records.models import Instance, Series, Study
@@ -125,27 +135,33 @@ class TestStop:
         assert Study.objects.get().pk == study.pk
 
 
+def store(path: Path, writer: DatabaseWriter) -> None:
+    """Store a staged file as the receiver does."""
+    dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+    path.unlink()  # The network layer removes the staging name afterwards.
+
+
 class TestCachedStudy:
     def test_second_instance_skips_study_lookup(
         self, writer, tmp_path, monkeypatch
     ) -> None:
         first, second = write_series(tmp_path, 2)
-        dicom_receiver._store(check_dicom_file(first), writer)
+        store(first, writer)
 
         def no_lookup(checked: object) -> None:
             raise AssertionError("study and series looked up again")
 
-        monkeypatch.setattr(dicom_receiver, "study_and_series_for", no_lookup)
-        dicom_receiver._store(check_dicom_file(second), writer)
+        monkeypatch.setattr(database_writer, "study_and_series_for", no_lookup)
+        store(second, writer)
         assert Instance.objects.count() == 2
         assert Study.objects.count() == 1
 
     def test_cached_study_gets_its_exam_later(
         self, writer, california, tmp_path, monkeypatch
     ) -> None:
-        monkeypatch.setattr(dicom_receiver, "_EXAM_CHECK_SECONDS", 0)
+        monkeypatch.setattr(database_writer, "_EXAM_CHECK_SECONDS", 0)
         first, second = write_series(tmp_path, 2)
-        dicom_receiver._store(check_dicom_file(first), writer)
+        store(first, writer)
         assert Study.objects.get().exam is None
 
         alice = make_patient(
@@ -153,10 +169,102 @@ class TestCachedStudy:
         )
         exam = make_exam(alice, california, "ACC1001")
         attach_waiting_studies(exam)
-        dicom_receiver._store(check_dicom_file(second), writer)
+        store(second, writer)
         imports = AuditEvent.objects.filter(action="images.import").order_by("sequence")
         assert [event.exam_id for event in imports] == [None, exam.pk]
         assert [event.patient_id for event in imports] == [None, alice.pk]
+
+
+class TestLinkedFile:
+    def test_final_name_is_a_link_to_the_staged_file(
+        self, writer, tmp_path, monkeypatch
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+        links = []
+
+        def count_links(*args: object, **kwargs: object) -> object:
+            # The audit row comes after the wait for the file's fsync.
+            links.append(path.stat().st_nlink)
+            return real_record_event(*args, **kwargs)
+
+        real_record_event = dicom_import.record_event
+        monkeypatch.setattr(dicom_import, "record_event", count_links)
+        dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+
+        instance = Instance.objects.get()
+        assert instance.public_id.hex == path.stem
+        assert links == [2]
+        assert os.path.samefile(path, default_storage.path(instance.file))
+
+    def test_failed_commit_removes_the_final_name(
+        self, writer, tmp_path, monkeypatch
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise OperationalError("the database is restarting")
+
+        monkeypatch.setattr(dicom_receiver, "save_instance", fail)
+        with pytest.raises(OperationalError):
+            dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+        assert Instance.objects.count() == 0
+        assert stored_dicom_files() == []
+        assert path.stat().st_nlink == 1
+
+
+class TestStaleStaging:
+    def crashed_receiver_folder(self, writer: DatabaseWriter) -> Path:
+        staging = Path(default_storage.path(STAGING_FOLDER)) / "4242-deadbeef"
+        staging.mkdir(parents=True)
+        (staging / ".lock").touch()
+        return staging
+
+    def test_unacknowledged_final_name_is_removed(self, writer) -> None:
+        # A receiver that crashed after the link and before the commit.
+        staging = self.crashed_receiver_folder(writer)
+        [path] = write_series(staging, 1)
+        checked = check_dicom_file(path)
+        study, series = writer.run(lambda: study_and_series_for(checked))
+        instance = new_instance(checked, study, series, uuid.UUID(path.stem))
+        link_durably(path, instance.file)
+        unlinked = staging / f"{uuid.uuid4().hex}.dcm"
+        shutil.copyfile(path, unlinked)
+
+        staging_of_new, lock = create_staging()
+        remove_staging(staging_of_new, lock)
+
+        assert not staging.exists()
+        assert stored_dicom_files() == []
+        assert Instance.objects.count() == 0
+
+    def test_acknowledged_file_is_kept(self, writer) -> None:
+        # A receiver that crashed after the commit and before the unlink.
+        staging = self.crashed_receiver_folder(writer)
+        [path] = write_series(staging, 1)
+        dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+        instance = Instance.objects.get()
+
+        staging_of_new, lock = create_staging()
+        remove_staging(staging_of_new, lock)
+
+        assert not staging.exists()
+        assert stored_dicom_files() == [Path(default_storage.path(instance.file))]
+
+    def test_folder_of_running_receiver_is_left_alone(self) -> None:
+        running, lock = create_staging()
+        leftover = running / f"{uuid.uuid4().hex}.dcm"
+        leftover.write_bytes(b"arriving")
+        try:
+            other, other_lock = create_staging()
+            remove_staging(other, other_lock)
+            assert leftover.read_bytes() == b"arriving"
+        finally:
+            remove_staging(running, lock)
+        assert not running.exists()
+
+
+def stored_dicom_files() -> list[Path]:
+    return sorted(Path(default_storage.path("dicom")).rglob("*.dcm"))
 
 
 def write_series(folder: Path, count: int) -> list[Path]:
@@ -164,11 +272,12 @@ def write_series(folder: Path, count: int) -> list[Path]:
     return [
         write_copy(
             DATA / "693_UNCR.dcm",
-            folder / f"ct{number}.dcm",
+            # Named as the receiver's staging files are: the row's public id.
+            folder / f"{uuid.uuid4().hex}.dcm",
             "DEMO-1001",
             "ACC1001",
             study=study,
             series=series,
         )
-        for number in range(count)
+        for _ in range(count)
     ]

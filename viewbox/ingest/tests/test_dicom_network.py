@@ -811,3 +811,213 @@ class TestSilentPeer:
         assert 0.3 <= time.monotonic() - started < 3
         assert_nothing_kept(server, settings)
         assert_echo_answered(server)
+
+
+# DIMSE messages.
+
+
+class TestEcho:
+    def test_echo_is_answered_with_success(self, connect) -> None:
+        peer = connect()
+        peer.associate()
+        response = peer.echo(7)
+        assert response.fields == echo_response(7)
+        assert response.context_id == ECHO_CONTEXT[0]
+
+    def test_echoscu_is_answered(self, server) -> None:
+        result = dcmtk(
+            "echoscu", "-v", "-aet", CALLING, "127.0.0.1", server.server_address[1]
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Received Echo Response (Success)" in result.stderr
+
+
+class TestUnsupportedRequests:
+    def test_sop_class_unlike_context_is_rejected(
+        self, server, connect, settings, small_ct
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        peer.send_command(1, c_store_rq(1, MR_IMAGE, small_ct.sop_instance_uid))
+        peer.send_data_set(1, small_ct.data_set)
+        response = peer.read_response()
+        assert response.fields == {
+            **store_response(1, 0x0122, MR_IMAGE, small_ct.sop_instance_uid),
+            "error_comment": "The SOP Class differs from the context's",
+        }
+        assert_nothing_kept(server, settings)
+        assert peer.echo(2).fields == echo_response(2)
+
+    def test_find_is_rejected_and_association_continues(
+        self, server, connect, settings, small_ct
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        peer.send_command(1, c_find_rq(5, CT_IMAGE))
+        peer.send(p_data((1, LAST_DATA_FRAGMENT, FIND_IDENTIFIER)))
+        response = peer.read_response()
+        assert response.fields == {
+            "command": 0x8020,
+            "responding_to": 5,
+            "data_set_type": 0x0101,
+            "status": 0x0211,
+        }
+        assert peer.echo(6).fields == echo_response(6)
+        peer.send_command(
+            1, c_store_rq(7, small_ct.sop_class_uid, small_ct.sop_instance_uid)
+        )
+        peer.send_data_set(1, small_ct.data_set)
+        assert peer.read_response().fields == store_response(
+            7, 0x0000, small_ct.sop_class_uid, small_ct.sop_instance_uid
+        )
+        assert Instance.objects.get().sop_instance_uid == small_ct.sop_instance_uid
+
+    def test_echo_with_data_set_is_rejected(self, server, connect, settings) -> None:
+        peer = connect()
+        peer.associate()
+        command = c_echo_rq(3).replace(
+            element(0x0800, unsigned_short(0x0101)),
+            element(0x0800, unsigned_short(0x0000)),
+        )
+        peer.send_command(3, command)
+        peer.send(p_data((3, LAST_DATA_FRAGMENT, FIND_IDENTIFIER)))
+        assert peer.read_response().fields == {
+            "command": 0x8030,
+            "responding_to": 3,
+            "data_set_type": 0x0101,
+            "status": 0x0211,
+        }
+        assert peer.echo(4).fields == echo_response(4)
+
+
+class TestDataSetSizeLimit:
+    @pytest.fixture
+    def server(self, settings) -> Iterator[StorageServer]:
+        settings.DICOM_MAX_FILE_BYTES = 100_000
+        with running_receiver(settings) as started:
+            yield started
+
+    def test_oversized_data_set_fails_next_is_stored(
+        self, server, settings, small_ct, large_ct
+    ) -> None:
+        requestor = AE(ae_title=CALLING)
+        requestor.add_requested_context(CT_IMAGE, EXPLICIT_LITTLE)
+        association = requestor.associate(
+            "127.0.0.1", server.server_address[1], ae_title=CALLED
+        )
+        try:
+            assert association.is_established
+            too_large = association.send_c_store(large_ct.path)
+            assert staged(server) == [".lock"]
+            assert Instance.objects.count() == 0
+            stored = association.send_c_store(small_ct.path)
+        finally:
+            association.release()
+        assert too_large.Status == 0xC000
+        assert too_large.ErrorComment == "Data set exceeds 100000 bytes"
+        assert stored.Status == 0x0000
+        assert Instance.objects.get().sop_instance_uid == small_ct.sop_instance_uid
+        [kept] = stored_files(settings)
+        assert data_set_of(kept) == small_ct.data_set
+        assert staged(server) == [".lock"]
+
+
+class TestResponseFragmentation:
+    def test_echo_response_fits_64_byte_maximum(self, connect) -> None:
+        peer = connect()
+        peer.associate(maximum_length=64)
+        response = peer.echo(1)
+        assert response.fields == echo_response(1)
+        # 78 bytes of command set, at most 58 per PDV.
+        assert response.pdu_lengths == [64, 26]
+
+    def test_store_response_fits_64_byte_maximum(self, connect, small_ct) -> None:
+        peer = connect()
+        peer.associate(maximum_length=64)
+        peer.send_command(1, c_store_rq(1, MR_IMAGE, small_ct.sop_instance_uid))
+        peer.send_data_set(1, small_ct.data_set)
+        response = peer.read_response()
+        assert response.fields == {
+            **store_response(1, 0x0122, MR_IMAGE, small_ct.sop_instance_uid),
+            "error_comment": "The SOP Class differs from the context's",
+        }
+        assert len(response.pdu_lengths) > 3
+        assert max(response.pdu_lengths) == 64
+
+
+class TestFragmentedStore:
+    def test_store_in_small_pdus_is_unchanged(
+        self, connect, settings, large_ct
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        command = c_store_rq(1, large_ct.sop_class_uid, large_ct.sop_instance_uid)
+        # The command in 10-byte fragments, one PDU each.
+        for start in range(0, len(command), 10):
+            last = start + 10 >= len(command)
+            control = LAST_COMMAND_FRAGMENT if last else COMMAND_FRAGMENT
+            peer.send(p_data((1, control, command[start : start + 10])))
+        # The data set in fragments of 997 bytes, two to a PDU.
+        data_set = large_ct.data_set
+        fragments = [
+            data_set[start : start + 997] for start in range(0, len(data_set), 997)
+        ]
+        for index in range(0, len(fragments), 2):
+            pdvs = [
+                (1, LAST_DATA_FRAGMENT if number == len(fragments) - 1 else 0, fragment)
+                for number, fragment in enumerate(fragments[index : index + 2], index)
+            ]
+            peer.send(p_data(*pdvs))
+        assert peer.read_response().fields == store_response(
+            1, 0x0000, large_ct.sop_class_uid, large_ct.sop_instance_uid
+        )
+        [kept] = stored_files(settings)
+        assert data_set_of(kept) == data_set
+        assert (
+            pydicom.dcmread(kept).PixelData == pydicom.dcmread(large_ct.path).PixelData
+        )
+
+
+# Release and abort.
+
+
+class TestRelease:
+    def test_release_request_gets_release_response(self, connect) -> None:
+        peer = connect()
+        peer.associate()
+        peer.send(release_rq())
+        assert peer.rest() == [(A_RELEASE_RP, bytes(4))]
+
+    def test_release_inside_message_is_aborted(
+        self, server, connect, settings, small_ct
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        peer.send_command(
+            1, c_store_rq(1, small_ct.sop_class_uid, small_ct.sop_instance_uid)
+        )
+        peer.send(p_data((1, DATA_FRAGMENT, small_ct.data_set[:1000])))
+        peer.send(release_rq())
+        assert peer.rest() == [(A_ABORT, ABORT_UNEXPECTED_PDU)]
+        assert_nothing_kept(server, settings)
+
+
+class TestPeerAbort:
+    def test_abort_inside_data_set_keeps_nothing(
+        self, server, connect, settings, large_ct
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        peer.send_command(
+            1, c_store_rq(1, large_ct.sop_class_uid, large_ct.sop_instance_uid)
+        )
+        peer.send(p_data((1, DATA_FRAGMENT, large_ct.data_set[:100_000])))
+        # The data set is being written to the staging folder.
+        wait_for(lambda: staged(server) == [".lock", "1.dcm"])
+        peer.send(abort_from_user())
+        assert peer.rest() == []
+        assert_nothing_kept(server, settings)
+
+        result = dcmtk("storescu", "127.0.0.1", server.server_address[1], large_ct.path)
+        assert result.returncode == 0, result.stderr
+        assert Instance.objects.get().sop_instance_uid == large_ct.sop_instance_uid

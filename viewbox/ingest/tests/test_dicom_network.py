@@ -5,9 +5,15 @@ that they can break them on purpose. pynetdicom and dcmtk are the real peers.
 Rejected and broken cases come first.
 """
 
+import fcntl
+import os
 import shutil
+import signal
 import socket
+import sqlite3
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1021,3 +1027,145 @@ class TestPeerAbort:
         result = dcmtk("storescu", "127.0.0.1", server.server_address[1], large_ct.path)
         assert result.returncode == 0, result.stderr
         assert Instance.objects.get().sop_instance_uid == large_ct.sop_instance_uid
+
+
+# Staging folders.
+
+
+class TestStaleStaging:
+    def test_start_deletes_unlocked_keeps_locked_folders(self, settings) -> None:
+        incoming = Path(settings.STORAGES["default"]["OPTIONS"]["location"]) / (
+            "incoming"
+        )
+        stale = incoming / "4001-0badf00d"
+        stale.mkdir(parents=True)
+        (stale / ".lock").touch()
+        (stale / "3.dcm").write_bytes(b"half a data set")
+        unlocked = incoming / "4002-0badcafe"
+        unlocked.mkdir()
+        (unlocked / "1.dcm").write_bytes(b"a folder without a lock file")
+        live = incoming / "4003-0c0ffee0"
+        live.mkdir()
+        (live / "2.dcm").write_bytes(b"a data set being received")
+        descriptor = os.open(live / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            with running_receiver(settings) as server:
+                assert sorted(folder.name for folder in incoming.iterdir()) == sorted(
+                    [live.name, server.staging.name]
+                )
+                assert server.staging.name.startswith(f"{os.getpid()}-")
+                assert sorted(path.name for path in live.iterdir()) == [
+                    ".lock",
+                    "2.dcm",
+                ]
+            assert [folder.name for folder in incoming.iterdir()] == [live.name]
+        finally:
+            os.close(descriptor)
+
+
+# The management command with several processes.
+
+
+def free_loopback_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+class TestReceiverProcesses:
+    def test_two_processes_store_and_stop_on_sigterm(self, tmp_path) -> None:
+        data = tmp_path / "data"
+        data.mkdir()
+        environment = {
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if not name.startswith("VIEWBOX_")
+            },
+            "VIEWBOX_DATA_DIR": str(data),
+            "VIEWBOX_DATABASE_URL": f"sqlite:///{data / 'db.sqlite3'}",
+            "VIEWBOX_DICOM_CALLING_AE_TITLES": CALLING,
+            "TCP_NODELAY": "1",
+        }
+        manage = [sys.executable, str(REPOSITORY / "manage.py")]
+        subprocess.run(
+            [*manage, "migrate", "-v0"],
+            env=environment,
+            check=True,
+            timeout=120,
+        )
+        sent = {}
+        for sender in range(3):
+            for number in range(2):
+                copy = sample(
+                    TEST_FILES / "CT_small.dcm",
+                    tmp_path / f"sender{sender}" / f"{number}.dcm",
+                )
+                sent[copy.sop_instance_uid] = copy
+
+        port = free_loopback_port()
+        log = tmp_path / "receiver.log"
+        with log.open("wb") as output:
+            receiver = subprocess.Popen(
+                [
+                    *manage,
+                    "run_dicom_receiver",
+                    "--processes",
+                    "2",
+                    "--port",
+                    str(port),
+                ],
+                env=environment,
+                stdout=output,
+                stderr=output,
+            )
+        try:
+            wait_for(lambda: b"with 2 processes" in log.read_bytes(), 30)
+            children = children_of(receiver.pid)
+            assert len(children) == 2
+            senders = [
+                subprocess.Popen(
+                    [
+                        *("storescu", "-aec", CALLED, "127.0.0.1", str(port)),
+                        *sorted(map(str, (tmp_path / f"sender{sender}").glob("*.dcm"))),
+                    ],
+                    env=environment,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+                for sender in range(3)
+            ]
+            for storescu in senders:
+                output_text, _ = storescu.communicate(timeout=60)
+                assert storescu.returncode == 0, output_text
+
+            started = time.monotonic()
+            receiver.send_signal(signal.SIGTERM)
+            assert receiver.wait(timeout=10) == 0, log.read_text()
+            assert time.monotonic() - started < 5
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait()
+        assert [child for child in children if Path(f"/proc/{child}").exists()] == []
+        with sqlite3.connect(data / "db.sqlite3") as database:
+            stored = {
+                uid
+                for (uid,) in database.execute(
+                    "SELECT sop_instance_uid FROM records_instance"
+                )
+            }
+        assert stored == set(sent)
+        assert list((data / "media" / "incoming").iterdir()) == []

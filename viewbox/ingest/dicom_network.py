@@ -241,6 +241,12 @@ class _Association:
         request = pdu.decode_associate_request(body)
         self.calling_ae_title = request.calling_ae_title
         rejection = self.server.rejection_reason(request)
+        if rejection is None and not self.server.admit(self):
+            rejection = (
+                pdu.REJECTED_TRANSIENT,
+                pdu.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+                pdu.REASON_LOCAL_LIMIT_EXCEEDED,
+            )
         if rejection is not None:
             self._send(pdu.encode_associate_reject(*rejection))
             logger.warning(
@@ -526,6 +532,8 @@ class StorageServer:
         self.on_stop = on_stop
         self.stopping = threading.Event()
         self._associations: set[_Association] = set()
+        # The associations of _associations that got an A-ASSOCIATE-AC.
+        self._established: set[_Association] = set()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._staged = 0
@@ -582,6 +590,7 @@ class StorageServer:
             self.on_association_end()
         with self._lock:
             self._associations.discard(association)
+            self._established.discard(association)
             self._threads.discard(threading.current_thread())
 
     def rejection_reason(
@@ -606,15 +615,19 @@ class StorageServer:
                 pdu.SOURCE_SERVICE_USER,
                 pdu.REASON_CALLING_AE_NOT_RECOGNIZED,
             )
-        with self._lock:
-            busy = len(self._associations) > self.maximum_associations
-        if busy:
-            return (
-                pdu.REJECTED_TRANSIENT,
-                pdu.SOURCE_SERVICE_PROVIDER_PRESENTATION,
-                pdu.REASON_LOCAL_LIMIT_EXCEEDED,
-            )
         return None
+
+    def admit(self, association: _Association) -> bool:
+        """Count an association as established unless the limit is reached.
+
+        Connections that have not been accepted as associations, such as
+        one that has not sent its request yet, take no place.
+        """
+        with self._lock:
+            if len(self._established) >= self.maximum_associations:
+                return False
+            self._established.add(association)
+            return True
 
     def negotiate_context(self, proposed: pdu.ProposedContext) -> tuple[int, str]:
         """Return the result and the transfer syntax for a proposed context."""

@@ -538,6 +538,19 @@ class TestAssociationLimit:
         assert first.echo(1).fields == echo_response(1)
         assert second.echo(2).fields == echo_response(2)
 
+    def test_connection_without_request_takes_no_place(self, connect) -> None:
+        # The receiver accepts connections in order, so the silent one is
+        # open before the first association request is read.
+        silent = connect()
+        first = connect()
+        first.associate()
+        second = connect()
+        second.associate()
+        assert first.echo(1).fields == echo_response(1)
+        assert second.echo(2).fields == echo_response(2)
+        silent.send(associate_rq())
+        assert silent.rest() == [(A_ASSOCIATE_RJ, bytes([0, 2, 3, 2]))]
+
     def test_released_association_frees_its_place(self, connect) -> None:
         first, second = connect(), connect()
         first.associate()

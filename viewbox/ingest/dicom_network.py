@@ -111,6 +111,10 @@ class _Aborted(Exception):
     """The association ends without a release: the peer is gone or broke a rule."""
 
 
+class _Closed(_Aborted):
+    """The connection was closed: by the peer, or for reading by shutdown()."""
+
+
 @dataclass
 class _Context:
     abstract_syntax: str
@@ -206,7 +210,7 @@ class _Association:
         while received < len(view):
             count = self.peer.recv_into(view[received:])
             if count == 0:
-                raise _Aborted("the peer closed the connection")
+                raise _Closed("the peer closed the connection")
             received += count
 
     def _read_pdu(self) -> tuple[int, memoryview]:
@@ -430,7 +434,10 @@ class _Association:
         try:
             self.peer.settimeout(NETWORK_TIMEOUT_SECONDS)
             self.peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pdu_type, body = self._read_pdu()
+            first = self._read_when_idle()
+            if first is None:
+                return
+            pdu_type, body = first
             if pdu_type != pdu.A_ASSOCIATE_RQ:
                 self._abort(pdu.ABORT_REASON_UNEXPECTED_PDU)
                 return
@@ -462,15 +469,11 @@ class _Association:
 
     def _handle_message(self) -> bool:
         """Handle the PDUs of one message; return False when the association ends."""
-        with self.lock:
-            if self.server.stopping.is_set():
-                self._abort(pdu.ABORT_REASON_NOT_SPECIFIED)
-                return False
-            self.idle = True
-        pdu_type, body = self._read_pdu()
-        with self.lock:
-            self.idle = False
-
+        first = self._read_when_idle()
+        if first is None:
+            self._abort(pdu.ABORT_REASON_NOT_SPECIFIED)
+            return False
+        pdu_type, body = first
         while pdu_type == pdu.P_DATA_TF:
             if self._receive_p_data(body):
                 return True
@@ -487,6 +490,22 @@ class _Association:
             raise _Aborted(f"unexpected PDU type 0x{pdu_type:02X}")
         self._abort(pdu.ABORT_REASON_UNRECOGNIZED_PDU)
         raise _Aborted(f"unrecognized PDU type 0x{pdu_type:02X}")
+
+    def _read_when_idle(self) -> tuple[int, memoryview] | None:
+        """Read the first PDU of a request, or None when shutdown() ends the wait."""
+        with self.lock:
+            if self.server.stopping.is_set():
+                return None
+            self.idle = True
+        try:
+            return self._read_pdu()
+        except _Closed:
+            if self.server.stopping.is_set():
+                return None
+            raise
+        finally:
+            with self.lock:
+                self.idle = False
 
     def stop_if_idle(self) -> None:
         with self.lock:

@@ -1042,6 +1042,40 @@ class TestPeerAbort:
         assert Instance.objects.get().sop_instance_uid == large_ct.sop_instance_uid
 
 
+class TestShutdown:
+    def test_shutdown_ends_an_idle_association_promptly(self, settings) -> None:
+        with running_receiver(settings) as server:
+            peer = Peer(server.server_address[1])
+            peer.associate()
+            assert peer.echo(1).fields == echo_response(1)
+            started = time.monotonic()
+            server.shutdown()
+            assert time.monotonic() - started < 2
+            assert peer.rest() == [(A_ABORT, ABORT_NOT_SPECIFIED)]
+            assert not server.staging.exists()
+            peer.close()
+            with pytest.raises(ConnectionRefusedError):
+                Peer(server.server_address[1])
+
+    def test_shutdown_ends_a_connection_without_a_request_promptly(
+        self, settings
+    ) -> None:
+        with running_receiver(settings) as server:
+            silent = Peer(server.server_address[1])
+            # Connections are accepted in order: once the next one has its
+            # association, the silent one is accepted and waits for its request.
+            peer = Peer(server.server_address[1])
+            peer.associate()
+            started = time.monotonic()
+            server.shutdown()
+            assert time.monotonic() - started < 2
+            assert silent.rest() == []
+            assert peer.rest() == [(A_ABORT, ABORT_NOT_SPECIFIED)]
+            assert not server.staging.exists()
+            silent.close()
+            peer.close()
+
+
 # Staging folders.
 
 

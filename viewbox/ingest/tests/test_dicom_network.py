@@ -339,8 +339,8 @@ class Peer:
     def rest(self) -> list[tuple[int, bytes]]:
         """Read PDUs until the receiver closes the connection; return them.
 
-        A reset counts as a close: the kernel resets a connection closed
-        with bytes of the test's left unread.
+        A reset counts as a close: the kernel resets a connection that the
+        receiver closes while bytes that the test sent are still unread.
         """
         pdus = []
         try:
@@ -349,8 +349,8 @@ class Peer:
         except (EOFError, ConnectionResetError):
             return pdus
 
-    def associate(self, *arguments: ProposedContext, **options: int) -> Accept:
-        self.send(associate_rq(arguments or (CT_CONTEXT, ECHO_CONTEXT), **options))
+    def associate(self, *contexts: ProposedContext, **options: int) -> Accept:
+        self.send(associate_rq(contexts or (CT_CONTEXT, ECHO_CONTEXT), **options))
         pdu_type, body = self.read_pdu()
         assert pdu_type == A_ASSOCIATE_AC, (pdu_type, body)
         return parse_accept(body)
@@ -379,11 +379,11 @@ class Peer:
             offset = 0
             while offset < len(body):
                 length, context_id, control = struct.unpack_from(">LBB", body, offset)
-                assert control & COMMAND_FRAGMENT
+                assert control in (COMMAND_FRAGMENT, LAST_COMMAND_FRAGMENT)
                 command += body[offset + 6 : offset + 4 + length]
                 context_ids.add(context_id)
                 offset += 4 + length
-                if control & LAST_DATA_FRAGMENT:
+                if control == LAST_COMMAND_FRAGMENT:
                     assert offset == len(body)
                     [context_id] = context_ids
                     return Response(
@@ -827,7 +827,8 @@ class TestSilentPeer:
         peer.send(p_data((1, DATA_FRAGMENT, small_ct.data_set[:1000])))
         started = time.monotonic()
         assert peer.rest() == [(A_ABORT, ABORT_NOT_SPECIFIED)]
-        assert 0.3 <= time.monotonic() - started < 3
+        # The receiver may start its last read just before the test's clock.
+        assert 0.25 <= time.monotonic() - started < 3
         assert_nothing_kept(server, settings)
         assert_echo_answered(server)
 

@@ -112,6 +112,10 @@ class _Aborted(Exception):
     """The association ends without a release: the peer is gone or broke a rule."""
 
 
+class _Closed(_Aborted):
+    """The connection was closed: by the peer, or for reading by shutdown()."""
+
+
 @dataclass
 class _Context:
     abstract_syntax: str
@@ -207,7 +211,7 @@ class _Association:
         while received < len(view):
             count = self.peer.recv_into(view[received:])
             if count == 0:
-                raise _Aborted("the peer closed the connection")
+                raise _Closed("the peer closed the connection")
             received += count
 
     def _read_pdu(self) -> tuple[int, memoryview]:
@@ -242,6 +246,12 @@ class _Association:
         request = pdu.decode_associate_request(body)
         self.calling_ae_title = request.calling_ae_title
         rejection = self.server.rejection_reason(request)
+        if rejection is None and not self.server.admit(self):
+            rejection = (
+                pdu.REJECTED_TRANSIENT,
+                pdu.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+                pdu.REASON_LOCAL_LIMIT_EXCEEDED,
+            )
         if rejection is not None:
             self._send(pdu.encode_associate_reject(*rejection))
             logger.warning(
@@ -425,7 +435,10 @@ class _Association:
         try:
             self.peer.settimeout(NETWORK_TIMEOUT_SECONDS)
             self.peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pdu_type, body = self._read_pdu()
+            first = self._read_when_idle()
+            if first is None:
+                return
+            pdu_type, body = first
             if pdu_type != pdu.A_ASSOCIATE_RQ:
                 self._abort(pdu.ABORT_REASON_UNEXPECTED_PDU)
                 return
@@ -457,15 +470,11 @@ class _Association:
 
     def _handle_message(self) -> bool:
         """Handle the PDUs of one message; return False when the association ends."""
-        with self.lock:
-            if self.server.stopping.is_set():
-                self._abort(pdu.ABORT_REASON_NOT_SPECIFIED)
-                return False
-            self.idle = True
-        pdu_type, body = self._read_pdu()
-        with self.lock:
-            self.idle = False
-
+        first = self._read_when_idle()
+        if first is None:
+            self._abort(pdu.ABORT_REASON_NOT_SPECIFIED)
+            return False
+        pdu_type, body = first
         while pdu_type == pdu.P_DATA_TF:
             if self._receive_p_data(body):
                 return True
@@ -482,6 +491,22 @@ class _Association:
             raise _Aborted(f"unexpected PDU type 0x{pdu_type:02X}")
         self._abort(pdu.ABORT_REASON_UNRECOGNIZED_PDU)
         raise _Aborted(f"unrecognized PDU type 0x{pdu_type:02X}")
+
+    def _read_when_idle(self) -> tuple[int, memoryview] | None:
+        """Read the first PDU of a request, or None when shutdown() ends the wait."""
+        with self.lock:
+            if self.server.stopping.is_set():
+                return None
+            self.idle = True
+        try:
+            return self._read_pdu()
+        except _Closed:
+            if self.server.stopping.is_set():
+                return None
+            raise
+        finally:
+            with self.lock:
+                self.idle = False
 
     def stop_if_idle(self) -> None:
         with self.lock:
@@ -528,6 +553,8 @@ class StorageServer:
         self.on_stop = on_stop
         self.stopping = threading.Event()
         self._associations: set[_Association] = set()
+        # The associations of _associations that got an A-ASSOCIATE-AC.
+        self._established: set[_Association] = set()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         # Receiver processes forked from one parent share its listener, and
@@ -583,6 +610,7 @@ class StorageServer:
             self.on_association_end()
         with self._lock:
             self._associations.discard(association)
+            self._established.discard(association)
             self._threads.discard(threading.current_thread())
 
     def rejection_reason(
@@ -607,15 +635,19 @@ class StorageServer:
                 pdu.SOURCE_SERVICE_USER,
                 pdu.REASON_CALLING_AE_NOT_RECOGNIZED,
             )
-        with self._lock:
-            busy = len(self._associations) > self.maximum_associations
-        if busy:
-            return (
-                pdu.REJECTED_TRANSIENT,
-                pdu.SOURCE_SERVICE_PROVIDER_PRESENTATION,
-                pdu.REASON_LOCAL_LIMIT_EXCEEDED,
-            )
         return None
+
+    def admit(self, association: _Association) -> bool:
+        """Count an association as established unless the limit is reached.
+
+        Connections that have not been accepted as associations, such as
+        one that has not sent its request yet, take no place.
+        """
+        with self._lock:
+            if len(self._established) >= self.maximum_associations:
+                return False
+            self._established.add(association)
+            return True
 
     def negotiate_context(self, proposed: pdu.ProposedContext) -> tuple[int, str]:
         """Return the result and the transfer syntax for a proposed context."""

@@ -17,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Final
 
 import pydicom
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
+from pydicom.datadict import dictionary_description, dictionary_has_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 
@@ -126,6 +129,10 @@ def read_header(path: Path) -> FileDataset:
         )
     try:
         ds = pydicom.dcmread(path, defer_size="64 KB")
+        _check_encoding(path, ds)
+        _check_value_lengths(ds, size)
+    except UnusableDicomError:
+        raise
     except InvalidDicomError as error:
         raise UnusableDicomError(f"not a DICOM file ({error})") from error
     except Exception as error:  # pydicom raises many kinds on broken input
@@ -138,6 +145,68 @@ def read_header(path: Path) -> FileDataset:
         )
     _check_pixel_data(ds)
     return ds
+
+
+# Explicit VR transfer syntaxes whose data set is not deflated: every one that
+# the receiver accepts except Implicit VR Little Endian and Deflated.
+_DEFLATED: Final = "1.2.840.10008.1.2.1.99"
+_NOT_EXPLICIT_VR: Final = frozenset({"1.2.840.10008.1.2", _DEFLATED})
+# Preamble, "DICM" and the (0002,0000) element before the File Meta
+# Information that its value counts (PS3.10 section 7.1).
+_META_START: Final = 128 + 4 + 12
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
+
+
+def _check_encoding(path: Path, ds: FileDataset) -> None:
+    """Reject a data set that is not in the Explicit VR its syntax announces.
+
+    pydicom reads such a data set anyway, guessing its encoding, and other
+    readers (dcmtk's) then cannot.
+    """
+    file_meta = getattr(ds, "file_meta", {})
+    syntax = str(file_meta.get("TransferSyntaxUID", ""))
+    meta_length = file_meta.get("FileMetaInformationGroupLength")
+    if not syntax or syntax in _NOT_EXPLICIT_VR or not isinstance(meta_length, int):
+        return
+    with path.open("rb") as stream:
+        stream.seek(_META_START + meta_length)
+        first_element = stream.read(6)
+    value_representation = first_element[4:6]
+    if len(first_element) == 6 and not (
+        value_representation.isalpha() and value_representation.isupper()
+    ):
+        raise UnusableDicomError(
+            f"the data set is not encoded in Explicit VR as Transfer Syntax UID "
+            f"{syntax} says"
+        )
+
+
+def _check_value_lengths(ds: FileDataset, size: int) -> None:
+    """Reject a file that ends before a value does.
+
+    pydicom reads what there is of a short value without an error, and
+    leaves a value larger than its defer size on disk unread.
+    """
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    # The offsets of a deflated data set count in its inflated bytes.
+    offsets_in_file = syntax != _DEFLATED
+    for tag in ds.keys():
+        item = ds.get_item(tag, keep_deferred=True)
+        length = getattr(item, "length", 0)
+        if not isinstance(item, RawDataElement) or length == _UNDEFINED_LENGTH:
+            continue
+        if item.value is None:
+            if not offsets_in_file:
+                continue
+            missing = item.value_tell + length - size
+        else:
+            missing = length - len(item.value)
+        if missing > 0:
+            name = dictionary_description(tag) if dictionary_has_tag(tag) else "Element"
+            raise UnusableDicomError(
+                f"{name} {tag} is truncated: the file ends {missing} bytes before "
+                "its value does"
+            )
 
 
 def _sha256(path: Path) -> str:

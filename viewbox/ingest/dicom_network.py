@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,17 +34,31 @@ logger = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID: Final = "2.25.82459678040029757770063549721017266591"
 IMPLEMENTATION_VERSION_NAME: Final = "VIEWBOX_1"
 
-# Largest P-DATA-TF PDU announced to senders, in bytes. One PDU at a time is
-# held in memory per association. Other PDUs may be as large.
+# Largest P-DATA-TF PDU announced to senders, in bytes. An established
+# association holds a buffer of this size.
 MAXIMUM_PDU_LENGTH: Final = 1024 * 1024
+# Largest A-ASSOCIATE-RQ accepted, in bytes. One that proposes every storage
+# class with every transfer syntax is about 80 KiB.
+_MAXIMUM_REQUEST_LENGTH: Final = 256 * 1024
 # Largest command set accepted. Commands are a few hundred bytes.
 _MAXIMUM_COMMAND_LENGTH: Final = 64 * 1024
-# Seconds that a peer may stay silent before its association is aborted,
-# whether it owes the A-ASSOCIATE-RQ (the ARTIM timer of PS3.8 section 9.1.5)
-# or the next PDU of an association.
+# Seconds within which a new connection must send its whole A-ASSOCIATE-RQ
+# (the ARTIM timer of PS3.8 section 9.1.5).
+ASSOCIATION_REQUEST_SECONDS: Final = 10.0
+# Seconds that an association may wait before it starts its next PDU, and
+# within which each PDU must arrive whole once started.
 NETWORK_TIMEOUT_SECONDS: Final = 60.0
-# Seconds that shutdown() waits for each association to finish its request.
+# Connections without an association yet, beyond the associations, that are
+# served at once; further ones are closed at once.
+_UNASSOCIATED_CONNECTIONS: Final = 16
+# Seconds that shutdown() waits for all associations to finish their request
+# before it closes their connections.
 _SHUTDOWN_WAIT_SECONDS: Final = 30.0
+# Seconds between two log lines about refused connections or accept errors.
+_LOG_INTERVAL_SECONDS: Final = 60.0
+
+# The Verification SOP Class (PS3.4 Annex A), which takes C-ECHO only.
+VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 
 # Status codes (PS3.7 Annex C and PS3.4 Annex B.2.3).
 STATUS_SUCCESS: Final = 0x0000
@@ -106,6 +121,39 @@ def file_meta_information(
         "<L", len(elements)
     )
     return bytes(128) + b"DICM" + group_length + elements
+
+
+# A-ASSOCIATE-RJ result, source and reason (PS3.8 section 9.3.4), and words
+# for the log.
+_NO_CONTEXT_ACCEPTED: Final = (
+    pdu.REJECTED_PERMANENT,
+    pdu.SOURCE_SERVICE_USER,
+    pdu.REASON_NO_REASON_GIVEN,
+)
+_LOCAL_LIMIT_EXCEEDED: Final = (
+    pdu.REJECTED_TRANSIENT,
+    pdu.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+    pdu.REASON_LOCAL_LIMIT_EXCEEDED,
+)
+_REJECTION_REASONS: Final = {
+    _NO_CONTEXT_ACCEPTED: "no presentation context was accepted",
+    _LOCAL_LIMIT_EXCEEDED: "as many associations as allowed are open",
+    (
+        pdu.REJECTED_PERMANENT,
+        pdu.SOURCE_SERVICE_USER,
+        pdu.REASON_CALLING_AE_NOT_RECOGNIZED,
+    ): "calling AE title not recognized",
+    (
+        pdu.REJECTED_PERMANENT,
+        pdu.SOURCE_SERVICE_USER,
+        pdu.REASON_APPLICATION_CONTEXT_NOT_SUPPORTED,
+    ): "application context name not supported",
+    (
+        pdu.REJECTED_PERMANENT,
+        pdu.SOURCE_SERVICE_PROVIDER_ACSE,
+        pdu.REASON_PROTOCOL_VERSION_NOT_SUPPORTED,
+    ): "protocol version not supported",
+}
 
 
 class _Aborted(Exception):
@@ -190,8 +238,10 @@ class _Association:
         self.calling_ae_title = ""
         self.contexts: dict[int, _Context] = {}
         self.peer_maximum_length = 0
-        self.buffer = bytearray(MAXIMUM_PDU_LENGTH)
-        self.view = memoryview(self.buffer)
+        self.address = server.peer_address(peer)
+        # Allocated once the association is established, so that connections
+        # that never associate cost no large buffer.
+        self.view = memoryview(bytearray())
         self.header = bytearray(pdu.PDU_HEADER_LENGTH)
         self.command = bytearray()
         self.command_context_id = 0
@@ -206,22 +256,36 @@ class _Association:
 
     # Reading.
 
-    def _read_into(self, view: memoryview) -> None:
+    def _read_into(self, view: memoryview, deadline: float) -> None:
+        """Fill view from the peer; raise TimeoutError after deadline.
+
+        A deadline for the whole read, instead of a timeout for each call,
+        stops a peer that sends one byte now and then from holding on.
+        """
         received = 0
         while received < len(view):
+            self.peer.settimeout(max(deadline - time.monotonic(), 0.001))
             count = self.peer.recv_into(view[received:])
             if count == 0:
                 raise _Closed("the peer closed the connection")
             received += count
 
-    def _read_pdu(self) -> tuple[int, memoryview]:
-        self._read_into(memoryview(self.header))
+    def _read_pdu(self, seconds: float | None = None) -> tuple[int, memoryview]:
+        """Read one PDU; its header must arrive within seconds.
+
+        The default is NETWORK_TIMEOUT_SECONDS.
+        """
+        if seconds is None:
+            seconds = NETWORK_TIMEOUT_SECONDS
+        self._read_into(memoryview(self.header), time.monotonic() + seconds)
         pdu_type, length = pdu.decode_pdu_header(self.header)
+        if not self.contexts and length > _MAXIMUM_REQUEST_LENGTH:
+            raise pdu.PduError(f"a PDU of {length} bytes before the association")
         if length > MAXIMUM_PDU_LENGTH:
             self._abort(pdu.ABORT_REASON_INVALID_PARAMETER_VALUE)
             raise _Aborted(f"a PDU of {length} bytes exceeds the maximum")
-        body = self.view[:length]
-        self._read_into(body)
+        body = self.view[:length] if self.contexts else memoryview(bytearray(length))
+        self._read_into(body, time.monotonic() + NETWORK_TIMEOUT_SECONDS)
         return pdu_type, body
 
     # Writing.
@@ -245,29 +309,31 @@ class _Association:
         """Answer the A-ASSOCIATE-RQ; return whether the association is established."""
         request = pdu.decode_associate_request(body)
         self.calling_ae_title = request.calling_ae_title
-        rejection = self.server.rejection_reason(request)
-        if rejection is None and not self.server.admit(self):
-            rejection = (
-                pdu.REJECTED_TRANSIENT,
-                pdu.SOURCE_SERVICE_PROVIDER_PRESENTATION,
-                pdu.REASON_LOCAL_LIMIT_EXCEEDED,
-            )
-        if rejection is not None:
-            self._send(pdu.encode_associate_reject(*rejection))
-            logger.warning(
-                "Rejected an association from %s at %s",
-                request.calling_ae_title,
-                self.server.peer_address(self.peer),
-            )
-            return False
+        contexts = {}
         results = []
         for proposed in request.contexts:
             result, transfer_syntax = self.server.negotiate_context(proposed)
             if result == pdu.CONTEXT_ACCEPTED:
-                self.contexts[proposed.context_id] = _Context(
+                contexts[proposed.context_id] = _Context(
                     proposed.abstract_syntax, transfer_syntax
                 )
             results.append((proposed.context_id, result, transfer_syntax))
+        rejection = self.server.rejection_reason(request)
+        if rejection is None and not contexts:
+            rejection = _NO_CONTEXT_ACCEPTED
+        if rejection is None and not self.server.admit(self):
+            rejection = _LOCAL_LIMIT_EXCEEDED
+        if rejection is not None:
+            self._send(pdu.encode_associate_reject(*rejection))
+            logger.warning(
+                "Rejected an association from %s at %s: %s",
+                request.calling_ae_title,
+                self.address,
+                _REJECTION_REASONS[rejection],
+            )
+            return False
+        self.contexts = contexts
+        self.view = memoryview(bytearray(MAXIMUM_PDU_LENGTH))
         self.peer_maximum_length = request.maximum_length
         self._send(
             pdu.encode_associate_accept(
@@ -281,7 +347,7 @@ class _Association:
         logger.info(
             "Accepted an association from %s at %s",
             request.calling_ae_title,
-            self.server.peer_address(self.peer),
+            self.address,
         )
         return True
 
@@ -322,7 +388,10 @@ class _Association:
                 has_data_set,
             )
             return
-        if sop_class_uid != context.abstract_syntax:
+        if (
+            sop_class_uid != context.abstract_syntax
+            or context.abstract_syntax == VERIFICATION_SOP_CLASS
+        ):
             self._refuse(
                 context_id,
                 pdu.encode_response(
@@ -433,36 +502,38 @@ class _Association:
 
     def run(self) -> None:
         try:
-            self.peer.settimeout(NETWORK_TIMEOUT_SECONDS)
             self.peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            first = self._read_when_idle()
+            first = self._read_when_idle(ASSOCIATION_REQUEST_SECONDS)
             if first is None:
                 return
             pdu_type, body = first
             if pdu_type != pdu.A_ASSOCIATE_RQ:
                 self._abort(pdu.ABORT_REASON_UNEXPECTED_PDU)
-                return
+                raise _Aborted(f"its first PDU has type 0x{pdu_type:02X}")
             if self._negotiate(body):
                 self._serve()
         except pdu.PduError as error:
-            logger.warning(
-                "Aborted an association from %s: %s", self.calling_ae_title, error
-            )
+            logger.warning("Aborted %s: %s", self._description(), error)
             self._abort(pdu.ABORT_REASON_INVALID_PARAMETER_VALUE)
         except TimeoutError:
-            logger.warning(
-                "Aborted an association from %s: no PDU for %d seconds",
-                self.calling_ae_title,
-                NETWORK_TIMEOUT_SECONDS,
-            )
+            logger.warning("Aborted %s: it stopped sending", self._description())
             self._abort(pdu.ABORT_REASON_NOT_SPECIFIED)
         except (_Aborted, OSError) as error:
-            logger.info("Association from %s ended: %s", self.calling_ae_title, error)
+            logger.info("Ended %s: %s", self._description(), error)
         finally:
             if self.pending is not None:
+                logger.warning(
+                    "Dropped an incomplete C-STORE data set from %s",
+                    self._description(),
+                )
                 self.pending.discard()
             self.peer.close()
             self.server.association_ended(self)
+
+    def _description(self) -> str:
+        if self.contexts:
+            return f"the association from {self.calling_ae_title} at {self.address}"
+        return f"the connection from {self.address} before its association"
 
     def _serve(self) -> None:
         while self._handle_message():
@@ -492,14 +563,17 @@ class _Association:
         self._abort(pdu.ABORT_REASON_UNRECOGNIZED_PDU)
         raise _Aborted(f"unrecognized PDU type 0x{pdu_type:02X}")
 
-    def _read_when_idle(self) -> tuple[int, memoryview] | None:
+    def _read_when_idle(
+        self, seconds: float | None = None
+    ) -> tuple[int, memoryview] | None:
         """Read the first PDU of a request, or None when shutdown() ends the wait."""
         with self.lock:
             if self.server.stopping.is_set():
                 return None
-            self.idle = True
+            # A PDU may end one message and start the next.
+            self.idle = not (self.command or self.pending or self.refusal)
         try:
-            return self._read_pdu()
+            return self._read_pdu(seconds)
         except _Closed:
             if self.server.stopping.is_set():
                 return None
@@ -507,6 +581,12 @@ class _Association:
         finally:
             with self.lock:
                 self.idle = False
+
+    def close_now(self) -> None:
+        try:
+            self.peer.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def stop_if_idle(self) -> None:
         with self.lock:
@@ -557,6 +637,7 @@ class StorageServer:
         self._established: set[_Association] = set()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._logged_at = -_LOG_INTERVAL_SECONDS
         # Receiver processes forked from one parent share its listener, and
         # the kernel hands each connection to one of them.
         self.listener = listener or socket.create_server(address, backlog=64)
@@ -584,6 +665,14 @@ class StorageServer:
             threads = list(self._threads)
         for association in associations:
             association.stop_if_idle()
+        deadline = time.monotonic() + _SHUTDOWN_WAIT_SECONDS
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self._lock:
+            late = list(self._associations)
+        for association in late:
+            # Stalled in the middle of a request: its sender gets no answer.
+            association.close_now()
         for thread in threads:
             thread.join(_SHUTDOWN_WAIT_SECONDS)
         if self.on_stop is not None:
@@ -593,8 +682,25 @@ class StorageServer:
         while not self.stopping.is_set():
             try:
                 peer, _ = self.listener.accept()
-            except OSError:
-                return
+            except OSError as error:
+                if self.stopping.is_set():
+                    return
+                # Out of file descriptors or memory: a moment later some
+                # associations may have ended.
+                self._log_now_and_then("Could not accept a connection: %s", error)
+                time.sleep(0.1)
+                continue
+            with self._lock:
+                full = len(self._associations) >= (
+                    self.maximum_associations + _UNASSOCIATED_CONNECTIONS
+                )
+            if full:
+                self._log_now_and_then(
+                    "Closed a connection from %s: too many connections",
+                    self.peer_address(peer),
+                )
+                peer.close()
+                continue
             association = _Association(self, peer)
             thread = threading.Thread(
                 target=association.run, name="dicom-association", daemon=True
@@ -603,6 +709,12 @@ class StorageServer:
                 self._associations.add(association)
                 self._threads.add(thread)
             thread.start()
+
+    def _log_now_and_then(self, message: str, *arguments: object) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_INTERVAL_SECONDS:
+            self._logged_at = now
+            logger.warning(message, *arguments)
 
     def association_ended(self, association: _Association) -> None:
         """Forget an association; called in its thread as it ends."""

@@ -44,6 +44,7 @@ REJECTED_TRANSIENT: Final = 2
 SOURCE_SERVICE_USER: Final = 1
 SOURCE_SERVICE_PROVIDER_ACSE: Final = 2
 SOURCE_SERVICE_PROVIDER_PRESENTATION: Final = 3
+REASON_NO_REASON_GIVEN: Final = 1
 REASON_APPLICATION_CONTEXT_NOT_SUPPORTED: Final = 2
 REASON_CALLING_AE_NOT_RECOGNIZED: Final = 3
 REASON_PROTOCOL_VERSION_NOT_SUPPORTED: Final = 2
@@ -124,9 +125,13 @@ def decode_pdu_header(header: bytes | bytearray | memoryview) -> tuple[int, int]
 
 def _text(value: bytes | memoryview) -> str:
     try:
-        return bytes(value).decode("ascii").strip(" \x00")
+        text = bytes(value).decode("ascii").strip(" \x00")
     except UnicodeDecodeError as error:
         raise PduError("A UID or AE title is not ASCII text") from error
+    # AE titles and UIDs have no control characters (PS3.5 section 6.2). A
+    # title that has some is rejected as unknown, and must not forge lines
+    # of the log that names it.
+    return "".join(character if character.isprintable() else "?" for character in text)
 
 
 def _items(data: memoryview) -> list[tuple[int, memoryview]]:

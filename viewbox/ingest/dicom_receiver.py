@@ -30,7 +30,7 @@ from typing import Final
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, IntegrityError, connection
 
 from viewbox.ingest.database_writer import (
     DatabaseWriter,
@@ -52,6 +52,7 @@ from viewbox.ingest.dicom_network import (
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
+    VERIFICATION_SOP_CLASS,
     ReceivedDataSet,
     StorageServer,
     StoreResult,
@@ -63,7 +64,6 @@ from viewbox.records.models import Study
 
 logger = logging.getLogger(__name__)
 
-VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 
 # Storage SOP Classes (PS3.4 Annex B.5) of the modalities that an outpatient
 # radiology group runs, and the documents that come with their studies.
@@ -230,7 +230,14 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
         checked = check_dicom_file(path, announced, sha256=received.sha256)
         stored_copy = find_stored_copy(checked)
         if stored_copy is None:
-            _store(checked, writer, received.calling_ae_title)
+            try:
+                _store(checked, writer, received.calling_ae_title)
+            except IntegrityError:
+                # Another association stored the same SOP Instance UID
+                # meanwhile: the same file is a duplicate, another a conflict.
+                stored_copy = find_stored_copy(checked)
+                if stored_copy is None:
+                    raise
     except DatasetMismatchError as error:
         _quarantine_received(path, received.calling_ae_title, str(error))
         return StoreResult(STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error))

@@ -808,6 +808,7 @@ class TestSilentPeer:
     @pytest.fixture(autouse=True)
     def short_timeout(self, monkeypatch) -> None:
         monkeypatch.setattr(dicom_network, "NETWORK_TIMEOUT_SECONDS", 0.3)
+        monkeypatch.setattr(dicom_network, "ASSOCIATION_REQUEST_SECONDS", 0.3)
 
     def test_peer_without_request_is_aborted(self, server, connect, settings) -> None:
         peer = connect()

@@ -3,6 +3,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -13,6 +14,10 @@ from django.db import connection
 from viewbox.ingest.dicom_receiver import start_receiver
 
 logger = logging.getLogger(__name__)
+
+# Seconds after its start within which a receiver process that ends is not
+# started again: it failed to start, and would fail again.
+_QUICK_EXIT_SECONDS = 10.0
 
 
 class Command(BaseCommand):
@@ -103,23 +108,11 @@ class Command(BaseCommand):
     def _supervise(self, listener: socket.socket, processes: int) -> None:
         """Fork the receiver processes, pass on SIGTERM, and wait for them.
 
-        When one ends by itself, the others are stopped too and the command
-        fails, so that the service manager restarts the whole receiver.
+        A process that ends by itself is started again, unless it ended
+        within _QUICK_EXIT_SECONDS of its start: then the others are stopped
+        too and the command fails, because a new one would fail the same way.
         """
-        children = []
-        for _ in range(processes):
-            pid = os.fork()
-            if pid == 0:
-                self._run_child(listener)
-            children.append(pid)
-        listener_host, listener_port = listener.getsockname()[:2]
-        listener.close()
-        self.stdout.write(
-            f"Listening on {listener_host}:{listener_port} as "
-            f"{settings.DICOM_AE_TITLE} with {processes} processes"
-        )
-        self.stdout.flush()
-
+        children: dict[int, float] = {}
         stopping = False
 
         def stop_children(signal_number: int, frame: FrameType | None) -> None:
@@ -131,24 +124,54 @@ class Command(BaseCommand):
                 except ProcessLookupError:
                     pass
 
+        # Set before the first fork, so that a SIGTERM that comes while the
+        # processes start stops them too. Each child sets its own handlers.
         signal.signal(signal.SIGTERM, stop_children)
         signal.signal(signal.SIGINT, stop_children)
+        for _ in range(processes):
+            children[self._fork_child(listener)] = time.monotonic()
+        listener_host, listener_port = listener.getsockname()[:2]
+        self.stdout.write(
+            f"Listening on {listener_host}:{listener_port} as "
+            f"{settings.DICOM_AE_TITLE} with {processes} processes"
+        )
+        self.stdout.flush()
+
         failed = False
-        remaining = set(children)
-        while remaining:
+        while children:
             pid, status = os.wait()
-            remaining.discard(pid)
-            if not stopping:
+            started = children.pop(pid, None)
+            if stopping or started is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - started < _QUICK_EXIT_SECONDS:
                 logger.error(
-                    "DICOM receiver process %d ended with status %d; stopping the "
-                    "others",
+                    "DICOM receiver process %d ended with status %d right after "
+                    "it started; stopping the others",
                     pid,
-                    os.waitstatus_to_exitcode(status),
+                    code,
                 )
                 failed = True
                 stop_children(signal.SIGTERM, None)
+                continue
+            logger.error(
+                "DICOM receiver process %d ended with status %d; starting another",
+                pid,
+                code,
+            )
+            children[self._fork_child(listener)] = time.monotonic()
+        listener.close()
         if failed:
             raise CommandError("A DICOM receiver process ended unexpectedly")
+
+    def _fork_child(self, listener: socket.socket) -> int:
+        pid = os.fork()
+        if pid == 0:
+            # The parent's handlers would signal the other children.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            self._run_child(listener)
+        return pid
 
     def _run_child(self, listener: socket.socket) -> NoReturn:
         status = 1

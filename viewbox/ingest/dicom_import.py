@@ -335,7 +335,7 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-    # The folder that holds the new name, and the parent of each new folder.
+    # The folder that contains the new name, and the parent of each new folder.
     for folder in [target.parent, *(folder.parent for folder in reversed(new_folders))]:
         _fsync_path(folder)
 
@@ -344,7 +344,7 @@ def link_durably(source: Path, name: str) -> None:
     """Give source a second name in the default storage, on disk before returning.
 
     Source is fsynced first, and the folders are fsynced after the link, so
-    that after a crash the new name holds the whole file or does not exist.
+    that after a crash the new name has the whole file or does not exist.
     The source keeps its name. The caller removes the new name when this
     raises, or when it cannot commit the row that the name belongs to.
     """
@@ -353,7 +353,7 @@ def link_durably(source: Path, name: str) -> None:
     _fsync_path(source)
     os.link(source, target)
     try:
-        # The folder that holds the new name, and the parent of each new folder.
+        # The folder that contains the new name, and the parent of each new folder.
         for folder in [
             target.parent,
             *(folder.parent for folder in reversed(new_folders)),

@@ -3,7 +3,7 @@
 Each association runs in its own thread, which reads whole PDUs with
 blocking calls and writes the data set fragments of a C-STORE request to a
 file as they arrive, hashing them on the way. Once the last fragment is in,
-the ``store`` callback gets the file and returns the status to answer.
+the ``store`` callback gets the file and returns the status to send.
 Nothing of the data set is decoded here.
 
 pynetdicom, which the receiver used before, hands every PDU from a reading
@@ -35,7 +35,7 @@ IMPLEMENTATION_CLASS_UID: Final = "2.25.82459678040029757770063549721017266591"
 IMPLEMENTATION_VERSION_NAME: Final = "VIEWBOX_1"
 
 # Largest P-DATA-TF PDU announced to senders, in bytes. An established
-# association holds a buffer of this size.
+# association keeps a buffer of this size.
 MAXIMUM_PDU_LENGTH: Final = 1024 * 1024
 # Largest A-ASSOCIATE-RQ accepted, in bytes. One that proposes every storage
 # class with every transfer syntax is about 80 KiB.
@@ -306,7 +306,7 @@ class _Association:
     # Association establishment.
 
     def _negotiate(self, body: memoryview) -> bool:
-        """Answer the A-ASSOCIATE-RQ; return whether the association is established."""
+        """Respond to the A-ASSOCIATE-RQ; return whether the association is established."""
         request = pdu.decode_associate_request(body)
         self.calling_ae_title = request.calling_ae_title
         contexts = {}
@@ -318,6 +318,7 @@ class _Association:
                     proposed.abstract_syntax, transfer_syntax
                 )
             results.append((proposed.context_id, result, transfer_syntax))
+
         rejection = self.server.rejection_reason(request)
         if rejection is None and not contexts:
             rejection = _NO_CONTEXT_ACCEPTED
@@ -332,6 +333,7 @@ class _Association:
                 _REJECTION_REASONS[rejection],
             )
             return False
+
         self.contexts = contexts
         self.view = memoryview(bytearray(MAXIMUM_PDU_LENGTH))
         self.peer_maximum_length = request.maximum_length
@@ -388,10 +390,12 @@ class _Association:
                 has_data_set,
             )
             return
-        if (
-            sop_class_uid != context.abstract_syntax
-            or context.abstract_syntax == VERIFICATION_SOP_CLASS
-        ):
+        refusal_comment = ""
+        if context.abstract_syntax == VERIFICATION_SOP_CLASS:
+            refusal_comment = "The Verification context takes no C-STORE"
+        elif sop_class_uid != context.abstract_syntax:
+            refusal_comment = "The SOP Class differs from the context's"
+        if refusal_comment:
             self._refuse(
                 context_id,
                 pdu.encode_response(
@@ -400,7 +404,7 @@ class _Association:
                     STATUS_SOP_CLASS_NOT_SUPPORTED,
                     sop_class_uid=sop_class_uid,
                     sop_instance_uid=sop_instance_uid,
-                    error_comment="The SOP Class differs from the context's",
+                    error_comment=refusal_comment,
                 ),
                 has_data_set,
             )
@@ -445,8 +449,8 @@ class _Association:
                     size=pending.size,
                 )
             )
-            # The callback moves or quarantines the file; what is left is
-            # not wanted.
+            # The callback links the file to its final name or quarantines it:
+            # the staging name is not needed in either case.
             pending.path.unlink(missing_ok=True)
         response = pdu.encode_response(
             pdu.C_STORE_RQ | pdu.RESPONSE_BIT,

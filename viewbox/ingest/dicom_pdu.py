@@ -206,7 +206,7 @@ def encode_associate_accept(
 
     ``results`` has a (context id, result, transfer syntax) triple for each
     proposed context. The called and calling AE titles are those of the
-    request, as PS3.8 section 9.3.3 asks.
+    request, as PS3.8 section 9.3.3 requires.
     """
     contexts = b"".join(
         _item(

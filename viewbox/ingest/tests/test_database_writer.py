@@ -1,5 +1,6 @@
 """The DICOM receiver's database writer: group commit and its failures."""
 
+import hashlib
 import os
 import shutil
 import threading
@@ -8,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
+import pydicom
 import pytest
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, OperationalError
@@ -18,10 +20,16 @@ from viewbox.conftest import make_exam, make_patient, package_path
 from viewbox.ingest import database_writer, dicom_import, dicom_receiver
 from viewbox.ingest.database_writer import DatabaseWriter
 from viewbox.ingest.dicom_import import (
+    CheckedFile,
     check_dicom_file,
     link_durably,
     new_instance,
     study_and_series_for,
+)
+from viewbox.ingest.dicom_network import (
+    STATUS_SUCCESS,
+    ReceivedDataSet,
+    StoreResult,
 )
 from viewbox.ingest.dicom_staging import STAGING_FOLDER, create_staging, remove_staging
 from viewbox.ingest.tests.test_dicom_import import write_copy
@@ -210,6 +218,43 @@ class TestLinkedFile:
         assert Instance.objects.count() == 0
         assert stored_dicom_files() == []
         assert path.stat().st_nlink == 1
+
+
+class TestSameInstanceAtOnce:
+    def received(self, path: Path) -> ReceivedDataSet:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return ReceivedDataSet(
+            path=path,
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+            calling_ae_title="STORESCU",
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            size=path.stat().st_size,
+        )
+
+    def test_copy_stored_meanwhile_is_a_duplicate(
+        self, writer, tmp_path, monkeypatch
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+        twin = path.with_name(f"{uuid.uuid4().hex}.dcm")
+        shutil.copyfile(path, twin)
+        store(path, writer)
+        real_find_stored_copy = dicom_receiver.find_stored_copy
+        lookups = []
+
+        def not_yet_stored(checked: CheckedFile) -> object:
+            # The first lookup ran before the other association's commit.
+            lookups.append(checked)
+            return None if len(lookups) == 1 else real_find_stored_copy(checked)
+
+        monkeypatch.setattr(dicom_receiver, "find_stored_copy", not_yet_stored)
+        result = dicom_receiver.handle_store(self.received(twin), writer)
+
+        assert result == StoreResult(STATUS_SUCCESS)
+        assert len(lookups) == 2
+        instance = Instance.objects.get()
+        assert stored_dicom_files() == [Path(default_storage.path(instance.file))]
 
 
 class TestStaleStaging:

@@ -6,6 +6,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.core.management import CommandError, call_command
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import generate_uid
 
 from viewbox.conftest import make_exam, make_patient, package_path
@@ -14,6 +16,8 @@ from viewbox.records.actions import attach_waiting_studies
 from viewbox.records.models import Instance, Series, Study
 
 CT = package_path("data_store", "data/693_J2KR.dcm")
+# 128 by 128 pixels of 16 bits in Explicit VR Little Endian.
+SMALL_CT = package_path("pydicom", "data/test_files/CT_small.dcm")
 US_MULTIFRAME = package_path("data_store", "data/color3d_jpeg_baseline.dcm")
 
 
@@ -77,6 +81,43 @@ class TestRejectedFiles:
         assert (
             "Pixel Data (7FE0,0010) is truncated: the file ends 1000 bytes before "
             "its value does" in stderr
+        )
+        assert Instance.objects.count() == 0
+
+    def test_short_value_is_quarantined(self, alice_exam, tmp_path) -> None:
+        # The pixel data of this image is smaller than the size that pydicom
+        # leaves on disk, so pydicom reads what there is of it. The file ends
+        # with 138 bytes of Data Set Trailing Padding (FFFC,FFFC) after it.
+        path = write_copy(
+            SMALL_CT, tmp_path / "in" / "short.dcm", "DEMO-1001", "ACC1001"
+        )
+        path.write_bytes(path.read_bytes()[:-5000])
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert (
+            "Pixel Data (7FE0,0010) is truncated: the file ends 4862 bytes before "
+            "its value does" in stderr
+        )
+        assert Instance.objects.count() == 0
+
+    def test_implicit_vr_under_explicit_syntax_is_quarantined(
+        self, alice_exam, tmp_path
+    ) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "in" / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        data_set = DicomBytesIO()
+        data_set.is_little_endian, data_set.is_implicit_VR = True, True
+        write_dataset(data_set, ds)
+        meta = DicomBytesIO()
+        write_file_meta_info(meta, ds.file_meta)
+        path.write_bytes(bytes(128) + b"DICM" + meta.getvalue() + data_set.getvalue())
+
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert (
+            "the data set is not encoded in Explicit VR as Transfer Syntax UID "
+            "1.2.840.10008.1.2.1 says" in stderr
         )
         assert Instance.objects.count() == 0
 

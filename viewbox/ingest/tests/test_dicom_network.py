@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pydicom
 import pytest
@@ -1218,3 +1219,126 @@ class TestReceiverProcesses:
             }
         assert stored == set(sent)
         assert list((data / "media" / "incoming").iterdir()) == []
+
+
+# Hostile and broken peers that a fresh tester found.
+
+
+class _FailingListener:
+    """A listening socket whose first accept() fails as if out of descriptors."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.failures = 1
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(24, "Too many open files")
+        return self.listener.accept()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.listener, name)
+
+
+class TestHostilePeers:
+    def test_failed_accept_does_not_stop_the_receiver(
+        self, settings, monkeypatch, caplog
+    ) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        failing = cast(socket.socket, _FailingListener(listener))
+        settings.DICOM_CALLING_AE_TITLES = [CALLING]
+        server = start_receiver("127.0.0.1", 0, failing)
+        try:
+            assert_echo_answered(server)
+        finally:
+            server.shutdown()
+        assert "Could not accept a connection: [Errno 24] Too many open files" in (
+            caplog.text
+        )
+
+    def test_connections_beyond_the_limit_are_closed(
+        self, settings, monkeypatch
+    ) -> None:
+        settings.DICOM_MAX_ASSOCIATIONS = 1
+        monkeypatch.setattr(dicom_network, "_UNASSOCIATED_CONNECTIONS", 1)
+        with running_receiver(settings) as server:
+            port = server.server_address[1]
+            silent = [Peer(port), Peer(port)]
+            wait_for(lambda: len(server._associations) == 2)
+            refused = Peer(port)
+            assert refused.rest() == []
+            for peer in [*silent, refused]:
+                peer.close()
+            wait_for(lambda: not server._associations)
+            assert_echo_answered(server)
+
+    def test_peer_sending_its_request_slowly_is_aborted(
+        self, server, connect, monkeypatch
+    ) -> None:
+        monkeypatch.setattr(dicom_network, "ASSOCIATION_REQUEST_SECONDS", 0.5)
+        peer = connect()
+        request = associate_rq()
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            # One byte every 0.1 s would take minutes: the deadline ends it.
+            for byte in request:
+                peer.send(bytes([byte]))
+                time.sleep(0.1)
+        assert time.monotonic() - started < 3
+        assert_echo_answered(server)
+
+    def test_ae_title_with_newline_cannot_forge_log_lines(
+        self, connect, caplog
+    ) -> None:
+        peer = connect()
+        peer.send(associate_rq(calling="EVIL\nINFO fake"))
+        assert peer.rest() == [(A_ASSOCIATE_RJ, bytes([0, 1, 1, 3]))]
+        assert "Rejected an association from EVIL?INFO fake at 127.0.0.1" in (
+            caplog.text
+        )
+        assert "calling AE title not recognized" in caplog.text
+        assert not any(
+            line.startswith("INFO fake") for line in caplog.text.splitlines()
+        )
+
+    def test_request_without_acceptable_context_is_rejected(self, connect) -> None:
+        peer = connect()
+        peer.send(associate_rq(contexts=((1, "1.2.3.4", (EXPLICIT_LITTLE,)),)))
+        # Rejected permanent (1) by the service user (1): no reason given (1).
+        assert peer.rest() == [(A_ASSOCIATE_RJ, bytes([0, 1, 1, 1]))]
+
+    def test_store_on_verification_context_is_rejected(
+        self, server, connect, settings, small_ct
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        context_id = ECHO_CONTEXT[0]
+        peer.send_command(
+            context_id, c_store_rq(1, VERIFICATION, small_ct.sop_instance_uid)
+        )
+        peer.send_data_set(context_id, small_ct.data_set)
+        assert peer.read_response().fields == {
+            **store_response(1, 0x0122, VERIFICATION, small_ct.sop_instance_uid),
+            "error_comment": "The Verification context takes no C-STORE",
+        }
+        assert_nothing_kept(server, settings)
+
+    def test_shutdown_closes_a_stalled_association_at_its_deadline(
+        self, settings, monkeypatch, large_ct
+    ) -> None:
+        monkeypatch.setattr(dicom_network, "_SHUTDOWN_WAIT_SECONDS", 0.5)
+        with running_receiver(settings) as server:
+            peer = Peer(server.server_address[1])
+            peer.associate()
+            peer.send_command(
+                1, c_store_rq(1, large_ct.sop_class_uid, large_ct.sop_instance_uid)
+            )
+            peer.send(p_data((1, DATA_FRAGMENT, large_ct.data_set[:100_000])))
+            wait_for(lambda: len(staged(server)) == 2)
+            started = time.monotonic()
+            server.shutdown()
+            assert time.monotonic() - started < 3
+            assert not server.staging.exists()
+            peer.close()
+        assert Instance.objects.count() == 0

@@ -306,7 +306,7 @@ class _Association:
     # Association establishment.
 
     def _negotiate(self, body: memoryview) -> bool:
-        """Respond to the A-ASSOCIATE-RQ; return whether the association is established."""
+        """Send the response to an A-ASSOCIATE-RQ; return True when accepted."""
         request = pdu.decode_associate_request(body)
         self.calling_ae_title = request.calling_ae_title
         contexts = {}

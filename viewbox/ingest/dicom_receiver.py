@@ -167,7 +167,7 @@ def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None
     )
 
 
-def _store(checked: CheckedFile, writer: DatabaseWriter, calling_ae_title: str) -> None:
+def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
     """Give the checked file its final name, on disk, and commit its rows.
 
     The file is linked to its final name and keeps its staging name, which
@@ -231,7 +231,7 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
         stored_copy = find_stored_copy(checked)
         if stored_copy is None:
             try:
-                _store(checked, writer, received.calling_ae_title)
+                _store(checked, writer)
             except IntegrityError:
                 # Another association stored the same SOP Instance UID
                 # meanwhile: the same file is a duplicate, another a conflict.

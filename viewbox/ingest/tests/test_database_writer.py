@@ -145,7 +145,7 @@ class TestStop:
 
 def store(path: Path, writer: DatabaseWriter) -> None:
     """Store a staged file as the receiver does."""
-    dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+    dicom_receiver._store(check_dicom_file(path), writer)
     path.unlink()  # The network layer removes the staging name afterwards.
 
 
@@ -197,7 +197,7 @@ class TestLinkedFile:
 
         real_record_event = dicom_import.record_event
         monkeypatch.setattr(dicom_import, "record_event", count_links)
-        dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+        dicom_receiver._store(check_dicom_file(path), writer)
 
         instance = Instance.objects.get()
         assert instance.public_id.hex == path.stem
@@ -214,7 +214,7 @@ class TestLinkedFile:
 
         monkeypatch.setattr(dicom_receiver, "save_instance", fail)
         with pytest.raises(OperationalError):
-            dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+            dicom_receiver._store(check_dicom_file(path), writer)
         assert Instance.objects.count() == 0
         assert stored_dicom_files() == []
         assert path.stat().st_nlink == 1
@@ -286,7 +286,7 @@ class TestStaleStaging:
         # A receiver that crashed after the commit and before the unlink.
         staging = self.crashed_receiver_folder(writer)
         [path] = write_series(staging, 1)
-        dicom_receiver._store(check_dicom_file(path), writer, "STORESCU")
+        dicom_receiver._store(check_dicom_file(path), writer)
         instance = Instance.objects.get()
 
         staging_of_new, lock = create_staging()

@@ -270,14 +270,14 @@ class _Association:
                 raise _Closed("the peer closed the connection")
             received += count
 
-    def _read_pdu(self, seconds: float | None = None) -> tuple[int, memoryview]:
-        """Read one PDU; its header must arrive within seconds.
+    def _read_pdu(self, deadline: float | None = None) -> tuple[int, memoryview]:
+        """Read one PDU, whole by deadline when one is given.
 
-        The default is NETWORK_TIMEOUT_SECONDS.
+        Without a deadline, its header must come within NETWORK_TIMEOUT_SECONDS
+        and then its body within as long again.
         """
-        if seconds is None:
-            seconds = NETWORK_TIMEOUT_SECONDS
-        self._read_into(memoryview(self.header), time.monotonic() + seconds)
+        header_deadline = deadline or time.monotonic() + NETWORK_TIMEOUT_SECONDS
+        self._read_into(memoryview(self.header), header_deadline)
         pdu_type, length = pdu.decode_pdu_header(self.header)
         if not self.contexts and length > _MAXIMUM_REQUEST_LENGTH:
             raise pdu.PduError(f"a PDU of {length} bytes before the association")
@@ -285,7 +285,7 @@ class _Association:
             self._abort(pdu.ABORT_REASON_INVALID_PARAMETER_VALUE)
             raise _Aborted(f"a PDU of {length} bytes exceeds the maximum")
         body = self.view[:length] if self.contexts else memoryview(bytearray(length))
-        self._read_into(body, time.monotonic() + NETWORK_TIMEOUT_SECONDS)
+        self._read_into(body, deadline or time.monotonic() + NETWORK_TIMEOUT_SECONDS)
         return pdu_type, body
 
     # Writing.
@@ -507,7 +507,7 @@ class _Association:
     def run(self) -> None:
         try:
             self.peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            first = self._read_when_idle(ASSOCIATION_REQUEST_SECONDS)
+            first = self._read_when_idle(time.monotonic() + ASSOCIATION_REQUEST_SECONDS)
             if first is None:
                 return
             pdu_type, body = first
@@ -568,7 +568,7 @@ class _Association:
         raise _Aborted(f"unrecognized PDU type 0x{pdu_type:02X}")
 
     def _read_when_idle(
-        self, seconds: float | None = None
+        self, deadline: float | None = None
     ) -> tuple[int, memoryview] | None:
         """Read the first PDU of a request, or None when shutdown() ends the wait."""
         with self.lock:
@@ -577,7 +577,7 @@ class _Association:
             # A PDU may end one message and start the next.
             self.idle = not (self.command or self.pending or self.refusal)
         try:
-            return self._read_pdu(seconds)
+            return self._read_pdu(deadline)
         except _Closed:
             if self.server.stopping.is_set():
                 return None

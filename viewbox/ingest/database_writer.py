@@ -17,6 +17,7 @@ from django.db import DatabaseError, connection, transaction
 
 from viewbox.ingest.dicom_import import CheckedFile, study_and_series_for
 from viewbox.records.models import Series, Study
+from viewbox.viewer.tasks import render_previews_of_instances
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ _CACHED_SERIES: Final = 256
 # The study is matched anyway when its order arrives (attach_waiting_studies);
 # the look covers an order that arrived while the study row was created.
 _EXAM_CHECK_SECONDS: Final = 1.0
+# The writer queues one preview task for the instances it stored, once the
+# oldest of them waited this many seconds or there are this many.
+_PREVIEW_SECONDS: Final = 1.0
+_PREVIEW_INSTANCES: Final = 64
 
 
 def drop_broken_connection() -> None:
@@ -80,6 +85,10 @@ class DatabaseWriter:
         # Study primary key to when the writer last looked for its exam.
         self._exam_checked_at: dict[int, float] = {}
         self._series_lock = threading.Lock()
+        # Instances whose previews are not queued yet, and since when.
+        # Used only in the writer's thread.
+        self._previews: list[int] = []
+        self._previews_since = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -158,10 +167,39 @@ class DatabaseWriter:
             self._exam_checked_at[study.pk] = now
             return True
 
+    def add_preview(self, instance_id: int) -> None:
+        """Queue the previews of a stored instance with the next preview task.
+
+        Call from a job, in the writer's thread.
+        """
+        if not self._previews:
+            self._previews_since = time.monotonic()
+        self._previews.append(instance_id)
+
+    def _queue_previews(self) -> None:
+        # NOTE: when the transaction of this job fails, these instances get
+        # no preview task; their previews are rendered when first viewed.
+        instance_ids, self._previews = self._previews, []
+        render_previews_of_instances.enqueue(instance_ids)
+
+    def _previews_due(self) -> bool:
+        return bool(self._previews) and (
+            len(self._previews) >= _PREVIEW_INSTANCES
+            or time.monotonic() - self._previews_since >= _PREVIEW_SECONDS
+        )
+
     def _run_batches(self) -> None:
         try:
             while True:
-                job = self._queue.get()
+                timeout = None
+                if self._previews:
+                    waited = time.monotonic() - self._previews_since
+                    timeout = max(_PREVIEW_SECONDS - waited, 0.0)
+                try:
+                    job = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    self._commit([_Job(self._queue_previews)])
+                    continue
                 if job is None:
                     return
                 batch = [job]
@@ -175,6 +213,8 @@ class DatabaseWriter:
                         break
                     batch.append(queued)
                 self._commit(batch)
+                if self._previews_due():
+                    self._commit([_Job(self._queue_previews)])
         finally:
             # Jobs queued after the stop request are still committed.
             with self._stopping_lock:
@@ -186,6 +226,8 @@ class DatabaseWriter:
                     break
                 if late is not None:
                     self._commit([late])
+            if self._previews:
+                self._commit([_Job(self._queue_previews)])
             connection.close()
 
     def _commit(self, batch: list[_Job[Any]]) -> None:

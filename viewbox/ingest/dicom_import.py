@@ -508,18 +508,22 @@ def save_instance(
     study: Study,
     *,
     before_audit: Callable[[], None] | None = None,
+    queue_previews: bool = True,
 ) -> None:
     """Insert the row of a placed file, its preview task and its audit row.
 
     Call inside a transaction. The audit row takes the chain's lock until
     the transaction ends, so ``before_audit`` runs what the caller must
     wait for before it, such as the fsync of a file placed in parallel.
-    The caller deletes the file when this fails.
+    A caller that queues the preview tasks itself, for several instances
+    at once, passes ``queue_previews=False``. The caller deletes the file
+    when this fails.
     """
     instance.save()
-    # The task backend stores tasks in this database, so the task row is
-    # committed with the instance, in one commit instead of two.
-    render_previews.enqueue(instance.pk)
+    if queue_previews:
+        # The task backend stores tasks in this database, so the task row is
+        # committed with the instance, in one commit instead of two.
+        render_previews.enqueue(instance.pk)
     if before_audit is not None:
         before_audit()
     record_event(

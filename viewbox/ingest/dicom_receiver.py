@@ -190,7 +190,10 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
                 .first()
             )
             attach_exam_if_waiting(study)
-        save_instance(instance, study, before_audit=wait_until_placed)
+        save_instance(
+            instance, study, before_audit=wait_until_placed, queue_previews=False
+        )
+        writer.add_preview(instance.pk)
 
     def wait_until_placed() -> None:
         # The rows are inserted while the association's thread fsyncs the

@@ -21,6 +21,21 @@ def render_previews(instance_id: int) -> None:
 
     One decode makes them all, before the first request for them.
     """
+    _render_previews(instance_id)
+
+
+@task()
+def render_previews_of_instances(instance_ids: list[int]) -> None:
+    """Render the previews of several newly stored images, one after another.
+
+    The DICOM receiver queues one task for the instances it stored within a
+    second, because queueing a task costs about as much as storing a row.
+    """
+    for instance_id in instance_ids:
+        _render_previews(instance_id)
+
+
+def _render_previews(instance_id: int) -> None:
     instance = Instance.objects.filter(pk=instance_id).first()
     if instance is None or not instance.has_pixels:
         return

@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -13,6 +14,8 @@ import pydicom
 import pytest
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, OperationalError
+from django.tasks import TaskResult
+from django.tasks.signals import task_enqueued
 from pydicom.uid import generate_uid
 
 from viewbox.audit.models import AuditEvent
@@ -220,6 +223,49 @@ class TestLinkedFile:
         assert path.stat().st_nlink == 1
 
 
+@pytest.fixture
+def queued_previews() -> Iterator[list[list[int]]]:
+    """Collect the instance ids of each render_previews_of_instances task queued.
+
+    The writer's thread has a task backend of its own, so the tasks are
+    collected from the signal that every backend sends.
+    """
+    queued: list[list[int]] = []
+
+    def collect(sender: object, task_result: TaskResult, **kwargs: object) -> None:
+        if task_result.task.name == "render_previews_of_instances":
+            queued.append(task_result.args[0])
+
+    task_enqueued.connect(collect)
+    yield queued
+    task_enqueued.disconnect(collect)
+
+
+class TestPreviewTasks:
+    def test_one_task_queues_the_previews_of_a_series(
+        self, tmp_path, queued_previews
+    ) -> None:
+        writer = DatabaseWriter()
+        writer.start()
+        for path in write_series(tmp_path, 3):
+            store(path, writer)
+        writer.stop()
+
+        instance_ids = list(
+            Instance.objects.order_by("pk").values_list("pk", flat=True)
+        )
+        assert queued_previews == [instance_ids]
+
+    def test_previews_are_queued_after_a_second(
+        self, writer, tmp_path, monkeypatch, queued_previews
+    ) -> None:
+        monkeypatch.setattr(database_writer, "_PREVIEW_SECONDS", 0.1)
+        [path] = write_series(tmp_path, 1)
+        store(path, writer)
+        wait_until(lambda: bool(queued_previews))
+        assert queued_previews == [[Instance.objects.get().pk]]
+
+
 class TestSameInstanceAtOnce:
     def received(self, path: Path) -> ReceivedDataSet:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -306,6 +352,13 @@ class TestStaleStaging:
         finally:
             remove_staging(running, lock)
         assert not running.exists()
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def stored_dicom_files() -> list[Path]:

@@ -89,7 +89,12 @@ def _study_date(ds: FileDataset) -> date | None:
 
 
 def _check_pixel_data(ds: FileDataset) -> None:
-    """Reject native pixel data shorter than its rows, columns and frames need."""
+    """Reject pixel data that its transfer syntax or image size contradicts.
+
+    Compressed syntaxes need encapsulated pixel data (of undefined length),
+    and native pixel data must be as long as its rows, columns and frames
+    need.
+    """
     if _PIXEL_DATA not in ds:
         return
     transfer_syntax = ds.file_meta.TransferSyntaxUID
@@ -98,18 +103,24 @@ def _check_pixel_data(ds: FileDataset) -> None:
             "Transfer Syntax UID (0002,0010) is not a known transfer syntax: "
             f"{str(transfer_syntax)[:70]!r}"
         )
+    # A raw element carries its length without a read of its value, which
+    # _check_value_lengths compared with the file.
+    item = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    length = getattr(item, "length", None)
+    if length is None:
+        length = len(item.value or b"")
     if transfer_syntax.is_compressed:
+        if length != _UNDEFINED_LENGTH:
+            raise UnusableDicomError(
+                "Pixel Data (7FE0,0010) is not encapsulated, as Transfer Syntax "
+                f"UID {transfer_syntax} requires"
+            )
         return
     rows, columns = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
     bits = _integer(ds, "BitsAllocated") or 0
     samples = _integer(ds, "SamplesPerPixel") or 1
     frames = _integer(ds, "NumberOfFrames") or 1
     expected = (rows * columns * samples * frames * bits + 7) // 8
-    # A deferred element is still raw and carries its length without a read.
-    item = ds.get_item(_PIXEL_DATA)
-    length = getattr(item, "length", None)
-    if length is None:
-        length = len(item.value or b"")
     if length < expected:
         raise UnusableDicomError(
             f"Pixel Data (7FE0,0010) is truncated: {length} bytes, {expected} expected"

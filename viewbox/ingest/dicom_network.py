@@ -48,8 +48,9 @@ ASSOCIATION_REQUEST_SECONDS: Final = 10.0
 # Seconds that an association may wait before it starts its next PDU, and
 # within which each PDU must arrive whole once started.
 NETWORK_TIMEOUT_SECONDS: Final = 60.0
-# Connections without an association yet, beyond the associations, that are
-# served at once; further ones are closed at once.
+# Connections without an association yet that are served at once. A new
+# one beyond them closes the oldest, and connections beyond the associations
+# and twice this number are closed at once.
 _UNASSOCIATED_CONNECTIONS: Final = 16
 # Seconds that shutdown() waits for all associations to finish their request
 # before it closes their connections.
@@ -199,7 +200,11 @@ class _PendingStore:
         self.descriptor = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
-        self._write(meta)
+        try:
+            self._write(meta)
+        except OSError:
+            self.discard()
+            raise
 
     def _write(self, data: bytes | memoryview) -> None:
         written = 0
@@ -239,6 +244,9 @@ class _Association:
         self.contexts: dict[int, _Context] = {}
         self.peer_maximum_length = 0
         self.address = server.peer_address(peer)
+        self.accepted_at = time.monotonic()
+        # Set when the server closes it to make room for newer connections.
+        self.evicted = False
         # Allocated once the association is established, so that connections
         # that never associate cost no large buffer.
         self.view = memoryview(bytearray())
@@ -409,15 +417,36 @@ class _Association:
                 has_data_set,
             )
             return
-        self.pending = _PendingStore(
-            self.server.new_staging_path(),
-            context_id,
-            message_id,
-            sop_class_uid,
-            sop_instance_uid,
-            context.transfer_syntax,
-            self.server.maximum_file_bytes,
-        )
+        try:
+            self.pending = _PendingStore(
+                self.server.new_staging_path(),
+                context_id,
+                message_id,
+                sop_class_uid,
+                sop_instance_uid,
+                context.transfer_syntax,
+                self.server.maximum_file_bytes,
+            )
+        except OSError as error:
+            # A full disk or no file descriptor left: not the sender's fault,
+            # and it may send again later.
+            logger.error(
+                "Could not create a staging file for a C-STORE data set from %s: %s",
+                self.calling_ae_title,
+                error,
+            )
+            self._refuse(
+                context_id,
+                pdu.encode_response(
+                    pdu.C_STORE_RQ | pdu.RESPONSE_BIT,
+                    message_id,
+                    STATUS_OUT_OF_RESOURCES,
+                    sop_class_uid=sop_class_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    error_comment="Storage failed; retry later",
+                ),
+                has_data_set,
+            )
 
     def _refuse(self, context_id: int, response: bytes, has_data_set: bool) -> None:
         if has_data_set:
@@ -696,8 +725,13 @@ class StorageServer:
                 continue
             with self._lock:
                 full = len(self._associations) >= (
-                    self.maximum_associations + _UNASSOCIATED_CONNECTIONS
+                    self.maximum_associations + 2 * _UNASSOCIATED_CONNECTIONS
                 )
+                waiting = [
+                    association
+                    for association in self._associations
+                    if association not in self._established and not association.evicted
+                ]
             if full:
                 self._log_now_and_then(
                     "Closed a connection from %s: too many connections",
@@ -705,6 +739,19 @@ class StorageServer:
                 )
                 peer.close()
                 continue
+            if len(waiting) >= _UNASSOCIATED_CONNECTIONS:
+                # A sender sends its request at once. Closing the oldest
+                # connection that has not, instead of the new one, keeps
+                # peers that open connections and say nothing from taking
+                # every place.
+                oldest = min(waiting, key=lambda association: association.accepted_at)
+                oldest.evicted = True
+                oldest.close_now()
+                self._log_now_and_then(
+                    "Closed the connection from %s: it sent no association request "
+                    "while more connections waited",
+                    oldest.address,
+                )
             association = _Association(self, peer)
             thread = threading.Thread(
                 target=association.run, name="dicom-association", daemon=True

@@ -18,6 +18,9 @@ from viewbox.records.models import Instance, Series, Study
 CT = package_path("data_store", "data/693_J2KR.dcm")
 # 128 by 128 pixels of 16 bits in Explicit VR Little Endian.
 SMALL_CT = package_path("pydicom", "data/test_files/CT_small.dcm")
+# Preamble, "DICM" and the (0002,0000) element that counts the rest of the
+# File Meta Information.
+_META_START = 128 + 4 + 12
 US_MULTIFRAME = package_path("data_store", "data/color3d_jpeg_baseline.dcm")
 
 
@@ -118,6 +121,26 @@ class TestRejectedFiles:
         assert (
             "the data set is not encoded in Explicit VR as Transfer Syntax UID "
             "1.2.840.10008.1.2.1 says" in stderr
+        )
+        assert Instance.objects.count() == 0
+
+    def test_native_pixels_under_compressed_syntax_are_quarantined(
+        self, alice_exam, tmp_path
+    ) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "in" / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        data = path.read_bytes()
+        data_set = data[_META_START + ds.file_meta.FileMetaInformationGroupLength :]
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # JPEG Baseline
+        meta = DicomBytesIO()
+        write_file_meta_info(meta, ds.file_meta)
+        path.write_bytes(bytes(128) + b"DICM" + meta.getvalue() + data_set)
+
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert (
+            "Pixel Data (7FE0,0010) is not encapsulated, as Transfer Syntax UID "
+            "1.2.840.10008.1.2.4.50 requires" in stderr
         )
         assert Instance.objects.count() == 0
 

@@ -1257,21 +1257,42 @@ class TestHostilePeers:
             caplog.text
         )
 
-    def test_connections_beyond_the_limit_are_closed(
+    def test_new_connection_closes_the_oldest_silent_one(
         self, settings, monkeypatch
     ) -> None:
-        settings.DICOM_MAX_ASSOCIATIONS = 1
-        monkeypatch.setattr(dicom_network, "_UNASSOCIATED_CONNECTIONS", 1)
+        monkeypatch.setattr(dicom_network, "_UNASSOCIATED_CONNECTIONS", 2)
         with running_receiver(settings) as server:
             port = server.server_address[1]
-            silent = [Peer(port), Peer(port)]
+            oldest, newer = Peer(port), Peer(port)
             wait_for(lambda: len(server._associations) == 2)
-            refused = Peer(port)
-            assert refused.rest() == []
-            for peer in [*silent, refused]:
+            sender = Peer(port)
+            assert oldest.rest() == []
+            sender.associate()
+            assert sender.echo(1).fields == echo_response(1)
+            newer.associate()
+            assert newer.echo(2).fields == echo_response(2)
+            for peer in (oldest, newer, sender):
                 peer.close()
-            wait_for(lambda: not server._associations)
-            assert_echo_answered(server)
+
+    def test_staging_failure_is_answered_with_out_of_resources(
+        self, server, connect, settings, small_ct
+    ) -> None:
+        shutil.rmtree(server.staging)  # As when the disk is gone or full.
+        peer = connect()
+        peer.associate()
+        peer.send_command(
+            1, c_store_rq(1, small_ct.sop_class_uid, small_ct.sop_instance_uid)
+        )
+        peer.send_data_set(1, small_ct.data_set)
+        assert peer.read_response().fields == {
+            **store_response(
+                1, 0xA700, small_ct.sop_class_uid, small_ct.sop_instance_uid
+            ),
+            "error_comment": "Storage failed; retry later",
+        }
+        assert peer.echo(2).fields == echo_response(2)
+        assert Instance.objects.count() == 0
+        server.staging.mkdir()
 
     def test_peer_sending_its_request_slowly_is_aborted(
         self, server, connect, monkeypatch

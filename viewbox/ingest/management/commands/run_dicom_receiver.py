@@ -65,18 +65,24 @@ class Command(BaseCommand):
         # A forked process must not share its parent's database connection.
         connection.close()
 
-        host, port = options["host"], options["port"]
-        if processes == 1:
-            self._serve(host, port, None)
-            return
+        if not settings.DICOM_CALLING_AE_TITLES:
+            raise CommandError(
+                "Cannot start the DICOM receiver: VIEWBOX_DICOM_CALLING_AE_TITLES is "
+                "empty; list the AE titles of the modalities and PACS allowed to "
+                "send, separated by commas"
+            )
         try:
-            listener = socket.create_server((host, port), backlog=64)
+            listener = socket.create_server(
+                (options["host"], options["port"]), backlog=64
+            )
         except OSError as error:
             raise CommandError(f"Cannot start the DICOM receiver: {error}") from error
+        # Even one process runs under a parent that starts it again when it
+        # dies.
         self._supervise(listener, processes)
 
-    def _serve(self, host: str, port: int, listener: socket.socket | None) -> None:
-        """Serve associations in this process until SIGTERM or SIGINT."""
+    def _serve(self, listener: socket.socket) -> None:
+        """Serve associations from listener in this process until SIGTERM or SIGINT."""
         stopping = threading.Event()
 
         def request_stop(signal_number: int, frame: FrameType | None) -> None:
@@ -85,7 +91,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         try:
-            server = start_receiver(host, port, listener)
+            server = start_receiver("", 0, listener)
         except (ValueError, OSError) as error:
             raise CommandError(f"Cannot start the DICOM receiver: {error}") from error
         bound_host, bound_port = server.server_address[:2]
@@ -96,10 +102,6 @@ class Command(BaseCommand):
             bound_port,
             os.getpid(),
         )
-        if listener is None:
-            self.stdout.write(
-                f"Listening on {bound_host}:{bound_port} as {settings.DICOM_AE_TITLE}"
-            )
         stopping.wait()
         # Associations in progress finish their current request first.
         server.shutdown()
@@ -133,7 +135,8 @@ class Command(BaseCommand):
         listener_host, listener_port = listener.getsockname()[:2]
         self.stdout.write(
             f"Listening on {listener_host}:{listener_port} as "
-            f"{settings.DICOM_AE_TITLE} with {processes} processes"
+            f"{settings.DICOM_AE_TITLE} with {processes} "
+            f"{'process' if processes == 1 else 'processes'}"
         )
         self.stdout.flush()
 
@@ -176,7 +179,7 @@ class Command(BaseCommand):
     def _run_child(self, listener: socket.socket) -> NoReturn:
         status = 1
         try:
-            self._serve("", 0, listener)
+            self._serve(listener)
             status = 0
         except CommandError as error:
             logger.error("%s", error)

@@ -550,7 +550,6 @@ def report(runs: list[Run], instance_bytes: int) -> None:
             for reference, goal in (
                 ("storescp", GOAL_FRACTION_OF_STORESCP),
                 ("storescp+sync", GOAL_FRACTION_OF_STORESCP),
-                ("disk floor", GOAL_FRACTION_OF_STORESCP),
                 ("Orthanc", GOAL_FRACTION_OF_ORTHANC),
             ):
                 ratio = rate / by_key[(reference, associations)].rate

@@ -157,6 +157,19 @@ _REJECTION_REASONS: Final = {
 }
 
 
+def _store_response(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, result: StoreResult
+) -> bytes:
+    return pdu.encode_response(
+        pdu.C_STORE_RQ | pdu.RESPONSE_BIT,
+        message_id,
+        result.status,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        error_comment=result.error_comment,
+    )
+
+
 class _Aborted(Exception):
     """The association ends without a release: the peer is gone or broke a rule."""
 
@@ -406,13 +419,11 @@ class _Association:
         if refusal_comment:
             self._refuse(
                 context_id,
-                pdu.encode_response(
-                    pdu.C_STORE_RQ | pdu.RESPONSE_BIT,
+                _store_response(
                     message_id,
-                    STATUS_SOP_CLASS_NOT_SUPPORTED,
-                    sop_class_uid=sop_class_uid,
-                    sop_instance_uid=sop_instance_uid,
-                    error_comment=refusal_comment,
+                    sop_class_uid,
+                    sop_instance_uid,
+                    StoreResult(STATUS_SOP_CLASS_NOT_SUPPORTED, refusal_comment),
                 ),
                 has_data_set,
             )
@@ -437,13 +448,11 @@ class _Association:
             )
             self._refuse(
                 context_id,
-                pdu.encode_response(
-                    pdu.C_STORE_RQ | pdu.RESPONSE_BIT,
+                _store_response(
                     message_id,
-                    STATUS_OUT_OF_RESOURCES,
-                    sop_class_uid=sop_class_uid,
-                    sop_instance_uid=sop_instance_uid,
-                    error_comment="Storage failed; retry later",
+                    sop_class_uid,
+                    sop_instance_uid,
+                    StoreResult(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later"),
                 ),
                 has_data_set,
             )
@@ -481,13 +490,11 @@ class _Association:
             # The callback links the file to its final name or quarantines it:
             # the staging name is not needed in either case.
             pending.path.unlink(missing_ok=True)
-        response = pdu.encode_response(
-            pdu.C_STORE_RQ | pdu.RESPONSE_BIT,
+        response = _store_response(
             pending.message_id,
-            result.status,
-            sop_class_uid=pending.sop_class_uid,
-            sop_instance_uid=pending.sop_instance_uid,
-            error_comment=result.error_comment,
+            pending.sop_class_uid,
+            pending.sop_instance_uid,
+            result,
         )
         self._respond(pending.context_id, response)
 

@@ -187,7 +187,7 @@ class TestCachedStudy:
 
 
 class TestLinkedFile:
-    def test_final_name_is_a_link_to_the_staged_file(
+    def test_final_name_links_the_staged_file(
         self, writer, tmp_path, monkeypatch
     ) -> None:
         [path] = write_series(tmp_path, 1)

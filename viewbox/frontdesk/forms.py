@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
 
 from viewbox.records.models import Exam
-from viewbox.viewer.forms import BirthDateField, BirthDateWidget
+from viewbox.viewer.forms import BirthDateField, BirthDateWidget, icode_field
 
 
 class GetHelpForm(forms.Form):
@@ -17,19 +17,7 @@ class GetHelpForm(forms.Form):
         widget=forms.TextInput(attrs={"autocomplete": "name"}),
     )
     birth_date = BirthDateField(label=_("Date of birth"), widget=BirthDateWidget())
-    code = forms.CharField(
-        label=_("I-Code"),
-        max_length=40,
-        help_text=_("Printed on your Portal Pass, for example 7KQ4-M2XD-9RTB-HW3F."),
-        error_messages={"required": _("Enter the I-Code from your Portal Pass.")},
-        widget=forms.TextInput(
-            attrs={
-                "autocomplete": "off",
-                "autocapitalize": "characters",
-                "spellcheck": "false",
-            }
-        ),
-    )
+    code = icode_field()
     email = forms.EmailField(
         label=_("Your email address"),
         help_text=_("We email you the answer. The email holds no health information."),

@@ -82,8 +82,9 @@ class BirthDateWidget(forms.MultiWidget):
         return [value.month, value.day, value.year]
 
 
-class ICodeForm(forms.Form):
-    code = forms.CharField(
+def icode_field() -> forms.CharField:
+    """Return the field where a patient types the I-Code of a Portal Pass."""
+    return forms.CharField(
         label=_("I-Code"),
         max_length=40,
         help_text=_("Printed on your Portal Pass, for example 7KQ4-M2XD-9RTB-HW3F."),
@@ -96,4 +97,8 @@ class ICodeForm(forms.Form):
             }
         ),
     )
+
+
+class ICodeForm(forms.Form):
+    code = icode_field()
     birth_date = BirthDateField(label=_("Date of birth"), widget=BirthDateWidget())

@@ -500,17 +500,12 @@ def new_instance(
     return instance
 
 
-def place_new_instance(checked: CheckedFile, instance: Instance, *, move: bool) -> None:
-    """Store the checked file durably at the name of its new row."""
-    _store_durably(checked.path, instance.file, move=move)
-
-
 def place_file(
     checked: CheckedFile, study: Study, series: Series, *, move: bool
 ) -> Instance:
     """Store the file durably in the series' folder; return its unsaved row."""
     instance = new_instance(checked, study, series)
-    place_new_instance(checked, instance, move=move)
+    _store_durably(checked.path, instance.file, move=move)
     return instance
 
 

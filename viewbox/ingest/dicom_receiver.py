@@ -207,13 +207,12 @@ def _store(checked: CheckedFile, writer: DatabaseWriter) -> None:
         link_durably(checked.path, instance.file)
     except BaseException as error:
         placing_errors.append(error)
-        raise
-    finally:
         placed.set()
-        if placing_errors:
-            # The job fails with the same error; wait until it rolled back.
-            with contextlib.suppress(BaseException):
-                writer.wait(job)
+        # The job fails with the same error: wait until it rolled back.
+        with contextlib.suppress(BaseException):
+            writer.wait(job)
+        raise
+    placed.set()
     try:
         writer.wait(job)
     except BaseException:

@@ -7,9 +7,10 @@ the ``store`` callback gets the file and returns the status to send.
 Nothing of the data set is decoded here.
 
 pynetdicom, which the receiver used before, hands every PDU from a reading
-thread to the association's thread through queues and polls them; storing
+thread to the association's thread through queues that it polls. Storing
 nothing, it took about 3.7 ms per 0.53 MB instance on one association,
-longer than a crash-safe store of the file takes (bench/README.md).
+which is longer than a crash-safe store of the file takes
+(bench/README.md).
 """
 
 import hashlib
@@ -711,7 +712,7 @@ class StorageServer:
         with self._lock:
             late = list(self._associations)
         for association in late:
-            # Stalled in the middle of a request: its sender gets no answer.
+            # Stalled in the middle of a request: its sender gets no response.
             association.close_now()
         for thread in threads:
             thread.join(_SHUTDOWN_WAIT_SECONDS)
@@ -748,8 +749,8 @@ class StorageServer:
                 continue
             if len(waiting) >= _UNASSOCIATED_CONNECTIONS:
                 # A sender sends its request at once. Closing the oldest
-                # connection that has not, instead of the new one, keeps
-                # peers that open connections and say nothing from taking
+                # connection that has not, instead of the new one, stops
+                # peers that open connections and send nothing from taking
                 # every place.
                 oldest = min(waiting, key=lambda association: association.accepted_at)
                 oldest.evicted = True

@@ -68,7 +68,7 @@ def _clear_folder_if_stale(folder: Path) -> None:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         removed = _clear_folder(folder)
     except BlockingIOError:
-        return  # A running receiver holds it.
+        return  # A running receiver has it locked.
     finally:
         if descriptor >= 0:
             os.close(descriptor)

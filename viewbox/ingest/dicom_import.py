@@ -7,6 +7,7 @@ order arrives. Files that are not usable DICOM go to the quarantine.
 """
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -17,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, cast
 
 import pydicom
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Field
 from pydicom.datadict import dictionary_description, dictionary_has_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
@@ -452,19 +454,73 @@ def find_stored_copy(checked: CheckedFile) -> DicomImportResult | None:
 
     Raises ConflictingInstanceError when it is stored with other content.
     """
-    existing = (
-        Instance.objects.filter(sop_instance_uid=checked.sop_instance_uid)
-        .only("pk", "sha256")
-        .first()
-    )
-    if existing is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_SELECT_BY_SOP_INSTANCE_UID, [checked.sop_instance_uid])
+        row = cursor.fetchone()
+    if row is None:
         return None
-    if existing.sha256 == checked.sha256:
+    pk, sha256 = row
+    if sha256 == checked.sha256:
+        existing = Instance(pk=pk, sha256=sha256)
+        existing._state.adding = False
         return DicomImportResult("duplicate", instance=existing)
     raise ConflictingInstanceError(
         "SOPInstanceUID is already stored with different content; "
         "the stored file is kept"
     )
+
+
+# The receiver looks up and inserts one instance row per C-STORE. Built by
+# the ORM, the two statements took 0.9 ms of the receiver's 3.8 ms of Python
+# per instance (bench/store.py, py-spy), so they are written out once.
+_SELECT_BY_SOP_INSTANCE_UID: Final = (
+    'SELECT "id", "sha256" FROM "records_instance" WHERE "sop_instance_uid" = %s'
+)
+INSERTED_INSTANCE_FIELDS: Final = (
+    "public_id",
+    "series",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "instance_number",
+    "rows",
+    "columns",
+    "number_of_frames",
+    "file",
+    "size",
+    "sha256",
+)
+_INSERT_INSTANCE: Final = (
+    'INSERT INTO "records_instance" ("public_id", "series_id", '
+    '"sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", '
+    '"instance_number", "rows", "columns", "number_of_frames", "file", "size", '
+    '"sha256") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) '
+    'RETURNING "id"'
+)
+
+
+@functools.cache
+def _inserted_fields() -> list[Field[Any, Any]]:
+    return [
+        cast(Field[Any, Any], Instance._meta.get_field(name))
+        for name in INSERTED_INSTANCE_FIELDS
+    ]
+
+
+def _insert_instance(instance: Instance) -> None:
+    """Insert a new instance's row, as Model.save() would, and set its pk.
+
+    Instance has no save signals and does not override save().
+    """
+    values = [
+        field.get_db_prep_save(field.pre_save(instance, True), connection)
+        for field in _inserted_fields()
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_INSTANCE, values)
+        (instance.pk,) = cursor.fetchone()
+    instance._state.adding = False
+    instance._state.db = connection.alias
 
 
 def study_and_series_for(checked: CheckedFile) -> tuple[Study, Series]:
@@ -515,6 +571,7 @@ def save_instance(
     *,
     before_audit: Callable[[], None] | None = None,
     queue_previews: bool = True,
+    audit: bool = True,
 ) -> None:
     """Insert the row of a placed file, its preview task and its audit row.
 
@@ -522,22 +579,24 @@ def save_instance(
     the transaction ends, so ``before_audit`` runs what the caller must
     wait for before it, such as the fsync of a file placed in parallel.
     A caller that queues the preview tasks itself, for several instances
-    at once, passes ``queue_previews=False``. The caller deletes the file
-    when this fails.
+    at once, passes ``queue_previews=False``, and one that audits a whole
+    study's arrival once passes ``audit=False`` for the other instances.
+    The caller deletes the file when this fails.
     """
-    instance.save()
+    _insert_instance(instance)
     if queue_previews:
         # The task backend stores tasks in this database, so the task row is
         # committed with the instance, in one commit instead of two.
         render_previews.enqueue(instance.pk)
     if before_audit is not None:
         before_audit()
-    record_event(
-        "images.import",
-        actor_kind="import",
-        patient_id=study.exam.visit.patient_id if study.exam else None,
-        exam_id=study.exam_id,
-    )
+    if audit:
+        record_event(
+            "images.import",
+            actor_kind="import",
+            patient_id=study.exam.visit.patient_id if study.exam else None,
+            exam_id=study.exam_id,
+        )
 
 
 def import_dicom_file(

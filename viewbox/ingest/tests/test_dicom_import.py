@@ -11,6 +11,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import generate_uid
 
 from viewbox.conftest import make_exam, make_patient, package_path
+from viewbox.ingest.dicom_import import INSERTED_INSTANCE_FIELDS
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.records.actions import attach_waiting_studies
 from viewbox.records.models import Instance, Series, Study
@@ -212,6 +213,30 @@ class TestStoredFiles:
         )
         with default_storage.open(instance.file, "rb") as stored:
             assert stored.read() == path.read_bytes()
+
+    def test_written_out_insert_sets_every_column(self, alice_exam, tmp_path) -> None:
+        columns = {
+            field.name
+            for field in Instance._meta.concrete_fields
+            if not field.primary_key
+        }
+        assert set(INSERTED_INSTANCE_FIELDS) == columns
+        path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        run_import(path)
+        instance = Instance.objects.get()
+        ds = pydicom.dcmread(path)
+        assert (instance.sop_instance_uid, instance.sop_class_uid) == (
+            ds.SOPInstanceUID,
+            ds.SOPClassUID,
+        )
+        assert (instance.rows, instance.columns, instance.number_of_frames) == (
+            ds.Rows,
+            ds.Columns,
+            1,
+        )
+        assert instance.size == path.stat().st_size
+        assert instance.instance_number == ds.InstanceNumber
+        assert instance.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
 
     def test_file_is_matched_to_its_exam(self, alice_exam, tmp_path) -> None:
         run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))

@@ -19,10 +19,12 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
+from viewbox.audit.models import AuditEvent
 from viewbox.conftest import make_exam, make_patient, package_path
 from viewbox.ingest import dicom_import
 from viewbox.ingest.dicom_receiver import start_receiver
 from viewbox.ingest.models import QuarantinedFile
+from viewbox.ingest.tests.test_database_writer import write_series
 from viewbox.ingest.tests.test_dicom_import import write_copy
 from viewbox.records.models import Instance
 
@@ -209,6 +211,35 @@ class TestStorescu:
         retry = dcmtk("storescu", "127.0.0.1", receiver, path)
         assert retry.returncode == 0, retry.stderr
         assert Instance.objects.count() == 1
+
+
+class TestAudit:
+    def test_study_is_audited_once_per_association(
+        self, receiver, alice_exam, tmp_path
+    ) -> None:
+        first, second = tmp_path / "first", tmp_path / "second"
+        paths = write_series(tmp_path, 5)
+        for index, path in enumerate(paths):
+            target = first if index < 3 else second
+            target.mkdir(exist_ok=True)
+            path.rename(target / path.name)
+        for folder in (first, second):
+            result = dcmtk("storescu", "+sd", "127.0.0.1", receiver, folder)
+            assert result.returncode == 0, result.stderr
+        assert Instance.objects.count() == 5
+        imports = AuditEvent.objects.filter(action="images.import")
+        assert [(event.exam_id, event.patient_id) for event in imports] == [
+            (alice_exam.pk, alice_exam.visit.patient_id)
+        ] * 2
+
+    def test_resend_of_a_stored_instance_is_not_audited(
+        self, receiver, tmp_path
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+        for _ in range(2):
+            result = dcmtk("storescu", "127.0.0.1", receiver, path)
+            assert result.returncode == 0, result.stderr
+        assert AuditEvent.objects.filter(action="images.import").count() == 1
 
 
 class TestAnnouncedUids:

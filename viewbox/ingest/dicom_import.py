@@ -9,6 +9,7 @@ order arrives. Files that are not usable DICOM go to the quarantine.
 import errno
 import functools
 import hashlib
+import io
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, BinaryIO, Final, cast
 
 import pydicom
 from django.conf import settings
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 # PS3.5 section 9.1: components of digits separated by dots, 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _PIXEL_DATA = 0x7FE00010
+# Files up to this size are read into memory before their header is parsed.
+# pydicom seeks the file about 90 times for a CT slice's header, and each
+# seek is a system call, which lets the receiver's other threads take
+# Python's lock in turn.
+_READ_WHOLE_BYTES: Final = 8 * 1024 * 1024
 
 
 class UnusableDicomError(Exception):
@@ -141,8 +147,12 @@ def read_header(path: Path) -> FileDataset:
             f"{settings.DICOM_MAX_FILE_BYTES} (DICOM_MAX_FILE_BYTES)"
         )
     try:
-        ds = pydicom.dcmread(path, defer_size="64 KB")
-        _check_encoding(path, ds)
+        with path.open("rb") as stream:
+            source: BinaryIO = stream
+            if size <= _READ_WHOLE_BYTES:
+                source = io.BytesIO(stream.read())
+            ds = pydicom.dcmread(source, defer_size="64 KB")
+            _check_encoding(source, ds)
         _check_value_lengths(ds, size)
     except UnusableDicomError:
         raise
@@ -170,7 +180,7 @@ _META_START: Final = 128 + 4 + 12
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
 
-def _check_encoding(path: Path, ds: FileDataset) -> None:
+def _check_encoding(stream: BinaryIO, ds: FileDataset) -> None:
     """Reject a data set that is not in the Explicit VR its syntax announces.
 
     pydicom reads such a data set anyway, guessing its encoding, and other
@@ -181,9 +191,8 @@ def _check_encoding(path: Path, ds: FileDataset) -> None:
     meta_length = file_meta.get("FileMetaInformationGroupLength")
     if not syntax or syntax in _NOT_EXPLICIT_VR or not isinstance(meta_length, int):
         return
-    with path.open("rb") as stream:
-        stream.seek(_META_START + meta_length)
-        first_element = stream.read(6)
+    stream.seek(_META_START + meta_length)
+    first_element = stream.read(6)
     value_representation = first_element[4:6]
     if len(first_element) == 6 and not (
         value_representation.isalpha() and value_representation.isupper()

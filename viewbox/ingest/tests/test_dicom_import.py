@@ -11,6 +11,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import generate_uid
 
 from viewbox.conftest import make_exam, make_patient, package_path
+from viewbox.ingest import dicom_import
 from viewbox.ingest.dicom_import import INSERTED_INSTANCE_FIELDS
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.records.actions import attach_waiting_studies
@@ -62,6 +63,12 @@ def alice_exam(california):
 
 @pytest.mark.django_db
 class TestRejectedFiles:
+    @pytest.fixture(autouse=True, params=["read whole", "read from disk"])
+    def header_reading(self, request, monkeypatch) -> None:
+        # Files above a size have their header parsed from the file itself.
+        if request.param == "read from disk":
+            monkeypatch.setattr(dicom_import, "_READ_WHOLE_BYTES", 0)
+
     def test_non_dicom_file_is_quarantined(self, alice_exam, tmp_path) -> None:
         folder = tmp_path / "in"
         write_copy(CT, folder / "good.dcm", "DEMO-1001", "ACC1001")
@@ -241,6 +248,15 @@ class TestStoredFiles:
     def test_file_is_matched_to_its_exam(self, alice_exam, tmp_path) -> None:
         run_import(write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001"))
         assert Study.objects.get().exam == alice_exam
+
+    def test_large_file_header_is_read_from_disk(
+        self, alice_exam, tmp_path, monkeypatch
+    ) -> None:
+        monkeypatch.setattr(dicom_import, "_READ_WHOLE_BYTES", 0)
+        run_import(
+            write_copy(US_MULTIFRAME, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        )
+        assert Instance.objects.get().number_of_frames == 120
 
     def test_multiframe_file_is_one_instance(self, alice_exam, tmp_path) -> None:
         run_import(

@@ -1,3 +1,4 @@
+import logging
 import uuid
 from datetime import date
 
@@ -115,6 +116,17 @@ class TestAttachChecksThePatient:
         )
         study.refresh_from_db()
         assert study.exam == exam
+
+    def test_malformed_header_values_stay_out_of_the_log(
+        self, staff_client, exam, tmp_path, caplog, recwarn
+    ) -> None:
+        study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "1960010X")
+        choose = reverse("frontdesk:choose_exam", args=[study.pk])
+        with caplog.at_level(logging.DEBUG):
+            page = staff_client.post(choose, {"accession_number": "ACC-FD-1"})
+        assert b"Olive OTHER" in page.content or b"OLIVE OTHER" in page.content
+        assert "1960010X" not in caplog.text
+        assert not [w for w in recwarn if "1960010X" in str(w.message)]
 
     def test_matching_images_attach_at_once(self, staff_client, exam, tmp_path) -> None:
         study = import_waiting_ct(tmp_path, "TESTPATIENT^FIONA", "19800412")

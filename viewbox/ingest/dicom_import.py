@@ -40,6 +40,43 @@ logger = logging.getLogger(__name__)
 # PS3.5 section 9.1: components of digits separated by dots, 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _PIXEL_DATA = 0x7FE00010
+# Image Storage SOP Classes (PS3.4 Annex B.5) that the receiver accepts. An
+# instance of one of them without Pixel Data is a file cut short.
+IMAGE_STORAGE_SOP_CLASSES: Final = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image, For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image, For Processing
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography, For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography, For Processing
+    "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
+    "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray, Presentation
+    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray, Processing
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image
+    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
+    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image
+    "1.2.840.10008.5.1.4.1.1.13.1.1",  # X-Ray 3D Angiographic Image
+    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
+    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC Image
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC Image
+)
+_IMAGE_CLASSES: Final = frozenset(IMAGE_STORAGE_SOP_CLASSES)
 # Files up to this size are read into memory before their header is parsed.
 # pydicom seeks the file about 90 times for a CT slice's header, and each
 # seek is a system call, which lets the receiver's other threads take
@@ -104,6 +141,10 @@ def _check_pixel_data(ds: FileDataset) -> None:
     need.
     """
     if _PIXEL_DATA not in ds:
+        if str(ds.get("SOPClassUID", "")) in _IMAGE_CLASSES:
+            raise UnusableDicomError(
+                "the image has no Pixel Data (7FE0,0010); the file may end early"
+            )
         return
     transfer_syntax = ds.file_meta.TransferSyntaxUID
     if not transfer_syntax.is_transfer_syntax:
@@ -152,6 +193,13 @@ def read_header(path: Path) -> FileDataset:
             if size <= _READ_WHOLE_BYTES:
                 source = io.BytesIO(stream.read())
             ds = pydicom.dcmread(source, defer_size="64 KB")
+            if not ds:
+                # pydicom returns no element at all when the file ends
+                # inside a value of undefined length.
+                raise UnusableDicomError(
+                    "no data set could be read after the File Meta Information; "
+                    "the file may end inside compressed Pixel Data or a sequence"
+                )
             _check_encoding(source, ds)
         _check_value_lengths(ds, size)
     except UnusableDicomError:

@@ -43,6 +43,7 @@ from viewbox.ingest.database_writer import (
     drop_broken_connection,
 )
 from viewbox.ingest.dicom_import import (
+    IMAGE_STORAGE_SOP_CLASSES,
     CheckedFile,
     DatasetMismatchError,
     UnusableDicomError,
@@ -72,40 +73,10 @@ logger = logging.getLogger(__name__)
 
 
 # Storage SOP Classes (PS3.4 Annex B.5) of the modalities that an outpatient
-# radiology group runs, and the documents that come with their studies.
+# radiology group runs (IMAGE_STORAGE_SOP_CLASSES), and the documents that
+# come with their studies.
 STORAGE_SOP_CLASSES: Final = (
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image
-    "1.2.840.10008.5.1.4.1.1.4",  # MR Image
-    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
-    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
-    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
-    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image, For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image, For Processing
-    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography, For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography, For Processing
-    "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
-    "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray, Presentation
-    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray, Processing
-    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
-    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
-    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
-    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
-    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image
-    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image
-    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image
-    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
-    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image
-    "1.2.840.10008.5.1.4.1.1.13.1.1",  # X-Ray 3D Angiographic Image
-    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
-    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
-    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC Image
-    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image
-    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image
-    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC Image
+    *IMAGE_STORAGE_SOP_CLASSES,
     "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
     "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR

@@ -95,6 +95,31 @@ class TestRejectedFiles:
         )
         assert Instance.objects.count() == 0
 
+    def test_compressed_pixel_data_cut_short_is_quarantined(
+        self, alice_exam, tmp_path
+    ) -> None:
+        path = write_copy(CT, tmp_path / "in" / "cut.dcm", "DEMO-1001", "ACC1001")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert "the file may end inside compressed Pixel Data" in stderr
+        assert Instance.objects.count() == 0
+
+    def test_image_cut_before_its_pixel_data_is_quarantined(
+        self, alice_exam, tmp_path
+    ) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "in" / "cut.dcm", "DEMO-1001", "ACC1001")
+        pixel_data = pydicom.dcmread(path, defer_size=0).get_item(
+            "PixelData", keep_deferred=True
+        )
+        # The file ends where the Pixel Data element starts, its header
+        # (tag, VR, reserved bytes and length) included.
+        path.write_bytes(path.read_bytes()[: pixel_data.value_tell - 12])
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert "the image has no Pixel Data (7FE0,0010)" in stderr
+        assert Instance.objects.count() == 0
+
     def test_short_value_is_quarantined(self, alice_exam, tmp_path) -> None:
         # The pixel data of this image is smaller than the size that pydicom
         # leaves on disk, so pydicom reads what there is of it. The file ends

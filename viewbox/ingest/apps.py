@@ -7,8 +7,8 @@ class IngestConfig(AppConfig):
     label = "ingest"
 
     def ready(self) -> None:
-        # pydicom checks each value it reads against its VR, and its warning
-        # about one that fails quotes it, such as a malformed birth date,
-        # into the log. Viewbox checks what it relies on itself. The setting
-        # holds for the whole process: the viewer and the packages too.
+        # pydicom checks each value it reads against its VR and logs a
+        # warning that quotes a value that fails, such as a malformed birth
+        # date. Viewbox checks the values it relies on itself. The setting
+        # applies to the whole process, the viewer and the packages too.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -117,7 +117,7 @@ class TestAttachChecksThePatient:
         study.refresh_from_db()
         assert study.exam == exam
 
-    def test_malformed_header_values_stay_out_of_the_log(
+    def test_malformed_header_values_are_not_logged(
         self, staff_client, exam, tmp_path, caplog, recwarn
     ) -> None:
         study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "1960010X")

@@ -232,9 +232,7 @@ class TestAudit:
             (alice_exam.pk, alice_exam.visit.patient_id)
         ] * 2
 
-    def test_resend_of_a_stored_instance_is_not_audited(
-        self, receiver, tmp_path
-    ) -> None:
+    def test_resent_instance_is_not_audited(self, receiver, tmp_path) -> None:
         [path] = write_series(tmp_path, 1)
         for _ in range(2):
             result = dcmtk("storescu", "127.0.0.1", receiver, path)

@@ -20,9 +20,9 @@ the association's thread.
 
 The arrival of a study is audited once per association, with its first
 instance, and again when the study gets its exam. An entry per instance
-took a fifth of the receiver's Python time, and the audit chain's lock that each
-entry holds until its commit made receiver processes on PostgreSQL take
-turns.
+took a fifth of the receiver's Python time, and the audit chain's lock
+that each entry holds until its commit made receiver processes on
+PostgreSQL take turns.
 """
 
 import contextlib

@@ -536,8 +536,8 @@ def find_stored_copy(checked: CheckedFile) -> DicomImportResult | None:
         return None
     pk, sha256 = row
     if sha256 == checked.sha256:
-        existing = Instance(pk=pk, sha256=sha256)
-        existing._state.adding = False
+        # A resent instance is rare: its row may cost a query.
+        existing = Instance.objects.filter(pk=pk).first()
         return DicomImportResult("duplicate", instance=existing)
     raise ConflictingInstanceError(
         "SOPInstanceUID is already stored with different content; "

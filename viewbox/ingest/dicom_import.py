@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Final, cast
 import pydicom
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Field
 from pydicom.datadict import dictionary_description, dictionary_has_tag
 from pydicom.dataelem import RawDataElement
@@ -94,6 +94,17 @@ class DatasetMismatchError(UnusableDicomError):
 
 class ConflictingInstanceError(UnusableDicomError):
     """The SOP Instance UID is already stored with other content."""
+
+
+def describe_storage_error(error: OSError | DatabaseError) -> str:
+    """Return a storage error's type and reason, without the values involved.
+
+    PostgreSQL's message of a failed statement quotes the row's values,
+    such as the SOP Instance UID of a duplicate key.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__}: {error.strerror}"
+    return type(error).__name__
 
 
 @dataclass(frozen=True)

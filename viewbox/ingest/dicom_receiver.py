@@ -49,6 +49,7 @@ from viewbox.ingest.dicom_import import (
     UnusableDicomError,
     attach_exam_if_waiting,
     check_dicom_file,
+    describe_storage_error,
     find_stored_copy,
     link_durably,
     new_instance,
@@ -257,7 +258,7 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
     except (OSError, DatabaseError) as error:
         # Not the sender's fault: nothing is kept, and the sender may retry.
         logger.error(
-            "Could not store a C-STORE data set: %s: %s", type(error).__name__, error
+            "Could not store a C-STORE data set: %s", describe_storage_error(error)
         )
         return StoreResult(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later")
     if stored_copy is not None and stored_copy.instance is not None:

@@ -26,6 +26,7 @@ from django.db import DatabaseError
 from viewbox.ingest.dicom_import import (
     DatasetMismatchError,
     UnusableDicomError,
+    describe_storage_error,
     import_dicom_file,
 )
 from viewbox.ingest.dicom_receiver import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
@@ -263,7 +264,7 @@ def _store_part(
         response.add_failed(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND)
     except (OSError, DatabaseError) as error:
         logger.error(
-            "Could not store a STOW-RS part: %s: %s", type(error).__name__, error
+            "Could not store a STOW-RS part: %s", describe_storage_error(error)
         )
         response.add_failed(sop_class, sop_instance, FAILURE_OUT_OF_RESOURCES)
     else:

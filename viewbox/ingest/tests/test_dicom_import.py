@@ -1,3 +1,4 @@
+import errno
 import logging
 from datetime import date
 from io import StringIO
@@ -6,13 +7,17 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import IntegrityError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import generate_uid
 
 from viewbox.conftest import make_exam, make_patient, package_path
 from viewbox.ingest import dicom_import
-from viewbox.ingest.dicom_import import INSERTED_INSTANCE_FIELDS
+from viewbox.ingest.dicom_import import (
+    INSERTED_INSTANCE_FIELDS,
+    describe_storage_error,
+)
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.records.actions import attach_waiting_studies
 from viewbox.records.models import Instance, Series, Study
@@ -229,6 +234,16 @@ class TestRejectedFiles:
 
 
 @pytest.mark.django_db
+class TestStorageErrors:
+    def test_database_error_is_named_without_values(self) -> None:
+        error = IntegrityError("Key (sop_instance_uid)=(1.2.3.4) already exists.")
+        assert describe_storage_error(error) == "IntegrityError"
+
+    def test_os_error_keeps_its_reason_without_path(self) -> None:
+        error = FileNotFoundError(errno.ENOENT, "No such file", "/media/dicom/1/x.dcm")
+        assert describe_storage_error(error) == "FileNotFoundError: No such file"
+
+
 class TestStoredFiles:
     def test_file_stored_unchanged_under_internal_name(
         self, alice_exam, tmp_path

@@ -4,6 +4,7 @@ Orthanc 1.10 in a private network namespace."""
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from django.db import IntegrityError
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
@@ -211,6 +213,28 @@ class TestStorescu:
         retry = dcmtk("storescu", "127.0.0.1", receiver, path)
         assert retry.returncode == 0, retry.stderr
         assert Instance.objects.count() == 1
+
+    def test_database_failure_log_quotes_no_uid(
+        self, receiver, monkeypatch, tmp_path, caplog
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        uid = pydicom.dcmread(path).SOPInstanceUID
+
+        def failing_insert(instance: Instance) -> None:
+            # As PostgreSQL words a duplicate key.
+            raise IntegrityError(
+                "duplicate key value violates unique constraint\n"
+                f"DETAIL:  Key (sop_instance_uid)=({uid}) already exists."
+            )
+
+        monkeypatch.setattr(dicom_import, "_insert_instance", failing_insert)
+        with caplog.at_level(logging.INFO):
+            result = dcmtk("storescu", "-v", "127.0.0.1", receiver, path)
+        assert "Received Store Response (Refused: OutOfResources)" in result.stderr
+        assert "Could not store a C-STORE data set: IntegrityError" in caplog.text
+        assert uid not in caplog.text
 
 
 class TestAudit:

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Folder of the default storage where data sets are written as they arrive.
 STAGING_FOLDER: Final = "incoming"
+# Each staging folder's lock file. The one in STAGING_FOLDER itself is
+# locked by a receiver while it clears stale folders.
 _LOCK_NAME: Final = ".lock"
 # A staged data set is named by the public id its instance row gets.
 _STAGED_NAME = re.compile(r"^[0-9a-f]{32}\.dcm$")
@@ -38,15 +40,23 @@ def create_staging() -> tuple[Path, int]:
     Return the folder and the descriptor that holds its lock.
     """
     root = Path(default_storage.path(STAGING_FOLDER))
-    if root.is_dir():
+    root.mkdir(parents=True, exist_ok=True)
+    # Receiver processes that start together clear stale folders one at a
+    # time, so that no two of them clear the same folder.
+    clearing = os.open(root / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(clearing, fcntl.LOCK_EX)
         for folder in root.iterdir():
-            _clear_folder_if_stale(folder)
-    staging = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    descriptor = os.open(
-        staging / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-    )
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
+            if folder.is_dir():
+                _clear_folder_if_stale(folder)
+        staging = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        descriptor = os.open(
+            staging / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    finally:
+        os.close(clearing)
     return staging, descriptor
 
 

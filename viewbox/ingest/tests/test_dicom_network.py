@@ -14,6 +14,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1082,6 +1083,11 @@ class TestShutdown:
 # Staging folders.
 
 
+def staging_folders(incoming: Path) -> list[str]:
+    """Return the names of the staging folders, without the lock file beside them."""
+    return sorted(folder.name for folder in incoming.iterdir() if folder.is_dir())
+
+
 class TestStaleStaging:
     def test_start_deletes_unlocked_keeps_locked_folders(self, settings) -> None:
         incoming = Path(settings.STORAGES["default"]["OPTIONS"]["location"]) / (
@@ -1101,7 +1107,7 @@ class TestStaleStaging:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             with running_receiver(settings) as server:
-                assert sorted(folder.name for folder in incoming.iterdir()) == sorted(
+                assert staging_folders(incoming) == sorted(
                     [live.name, server.staging.name]
                 )
                 assert server.staging.name.startswith(f"{os.getpid()}-")
@@ -1109,9 +1115,38 @@ class TestStaleStaging:
                     ".lock",
                     "2.dcm",
                 ]
-            assert [folder.name for folder in incoming.iterdir()] == [live.name]
+            assert staging_folders(incoming) == [live.name]
         finally:
             os.close(descriptor)
+
+    def test_starting_receivers_clear_one_at_a_time(self, settings) -> None:
+        incoming = Path(settings.STORAGES["default"]["OPTIONS"]["location"]) / (
+            "incoming"
+        )
+        stale = incoming / "4001-0badf00d"
+        stale.mkdir(parents=True)
+        (stale / ".lock").touch()
+        descriptor = os.open(incoming / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        settings.DICOM_CALLING_AE_TITLES = [CALLING]
+        started: list[StorageServer] = []
+        starting = threading.Thread(
+            target=lambda: started.append(start_receiver("127.0.0.1", 0))
+        )
+        try:
+            starting.start()
+            starting.join(0.5)
+            # Another process clearing holds the lock: this one waits.
+            assert starting.is_alive()
+            assert stale.exists()
+        finally:
+            os.close(descriptor)
+        starting.join(READ_TIMEOUT_SECONDS)
+        [server] = started
+        try:
+            assert staging_folders(incoming) == [server.staging.name]
+        finally:
+            server.shutdown()
 
 
 # The management command with several processes.
@@ -1218,7 +1253,7 @@ class TestReceiverProcesses:
                 )
             }
         assert stored == set(sent)
-        assert list((data / "media" / "incoming").iterdir()) == []
+        assert staging_folders(data / "media" / "incoming") == []
 
 
 # Hostile and broken peers that a fresh tester found.

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 # PS3.5 section 9.1: components of digits separated by dots, 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _PIXEL_DATA = 0x7FE00010
+_INTEGER_MIN: Final = -(2**31)
+_INTEGER_MAX: Final = 2**31 - 1
 # Image Storage SOP Classes (PS3.4 Annex B.5) that the receiver accepts. An
 # instance of one of them without Pixel Data is a file cut short.
 IMAGE_STORAGE_SOP_CLASSES: Final = (
@@ -119,7 +121,11 @@ def _uid(ds: FileDataset, keyword: str) -> str:
     if not value:
         raise UnusableDicomError(f"{keyword} is missing")
     if len(value) > 64 or not _UID.match(value):
-        raise UnusableDicomError(f"{keyword} is not a valid UID: {value[:70]!r}")
+        # The value is left out: a sender may have put a name in the field.
+        raise UnusableDicomError(
+            f"{keyword} is not a valid UID: {len(value)} characters that are not "
+            "all digits and dots, or longer than 64"
+        )
     return value
 
 
@@ -130,11 +136,18 @@ def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
 
 
 def _integer(ds: FileDataset, keyword: str) -> int | None:
+    """Return an integer value, or None when it is missing, invalid or too large.
+
+    The integer columns of the database hold signed 32-bit values.
+    """
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    if number is None or not _INTEGER_MIN <= number <= _INTEGER_MAX:
+        return None
+    return number
 
 
 def _study_date(ds: FileDataset) -> date | None:
@@ -151,6 +164,13 @@ def _check_pixel_data(ds: FileDataset) -> None:
     and native pixel data must be as long as its rows, columns and frames
     need.
     """
+    if ds.get("NumberOfFrames") not in (None, ""):
+        frames = _integer(ds, "NumberOfFrames")
+        if frames is None or frames < 1:
+            raise UnusableDicomError(
+                "Number of Frames (0028,0008) is invalid: it must be a whole "
+                f"number from 1 to {_INTEGER_MAX}"
+            )
     if _PIXEL_DATA not in ds:
         if str(ds.get("SOPClassUID", "")) in _IMAGE_CLASSES:
             raise UnusableDicomError(
@@ -473,9 +493,9 @@ def _check_announced_uids(
             f"{announced_class!r}"
         )
     if sop_instance_uid != announced_instance:
+        # Instance UIDs are left out: they identify the patient's study.
         raise DatasetMismatchError(
-            f"SOPInstanceUID {sop_instance_uid!r} differs from the announced "
-            f"{announced_instance!r}"
+            "SOPInstanceUID differs from the one announced in the C-STORE request"
         )
 
 

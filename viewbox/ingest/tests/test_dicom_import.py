@@ -123,6 +123,37 @@ class TestRejectedFiles:
         assert "Pixel Data (7FE0,0010) is missing from the image" in stderr
         assert Instance.objects.count() == 0
 
+    @pytest.mark.parametrize("frames", ["-5", "0", "99999999999999999999"])
+    def test_invalid_number_of_frames_is_quarantined(
+        self, alice_exam, tmp_path, frames
+    ) -> None:
+        path = write_copy(CT, tmp_path / "in" / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.NumberOfFrames = frames
+        ds.save_as(path)
+        _, stderr, status = run_import(path)
+        assert status == 1
+        assert "Number of Frames (0028,0008) is invalid" in stderr
+        assert Instance.objects.count() == 0
+
+    def test_invalid_uid_is_not_quoted(self, alice_exam, tmp_path, caplog) -> None:
+        path = write_copy(
+            CT,
+            tmp_path / "in" / "a.dcm",
+            "DEMO-1001",
+            "ACC1001",
+            study="Testpatient^Alice 19800412",
+        )
+        with caplog.at_level(logging.INFO):
+            _, stderr, status = run_import(path)
+        assert status == 1
+        assert "StudyInstanceUID is not a valid UID" in stderr
+        assert "Testpatient" not in stderr
+        assert "Testpatient" not in caplog.text
+        assert QuarantinedFile.objects.get().reason.startswith(
+            "StudyInstanceUID is not a valid UID"
+        )
+
     def test_short_value_is_quarantined(self, alice_exam, tmp_path) -> None:
         # The pixel data of this image is smaller than the size that pydicom
         # leaves on disk, so pydicom reads what there is of it. The file ends
@@ -295,6 +326,16 @@ class TestStoredFiles:
             write_copy(US_MULTIFRAME, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
         )
         assert Instance.objects.get().number_of_frames == 120
+
+    def test_instance_number_beyond_integer_column_is_dropped(
+        self, alice_exam, tmp_path
+    ) -> None:
+        path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = "2147483648"
+        ds.save_as(path)
+        run_import(path)
+        assert Instance.objects.get().instance_number is None
 
     def test_multiframe_file_is_one_instance(self, alice_exam, tmp_path) -> None:
         run_import(

@@ -1,3 +1,6 @@
+import logging
+import warnings
+
 import pydicom
 from django.apps import AppConfig
 
@@ -12,3 +15,9 @@ class IngestConfig(AppConfig):
         # date. Viewbox checks the values it relies on itself. The setting
         # applies to the whole process, the viewer and the packages too.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        # Other warnings quote header values too, such as an unknown
+        # Specific Character Set (0008,0005). They go both to the "pydicom"
+        # logger, limited here to errors because pydicom sets its level when
+        # it is imported, and to Python's warnings, printed on standard error.
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")

@@ -129,6 +129,16 @@ def _uid(ds: FileDataset, keyword: str) -> str:
     return value
 
 
+def quoted_uid(value: str) -> str:
+    """Return a UID quoted for a message, or a placeholder when it is not a UID.
+
+    A field that is not a UID may hold anything, a patient's name included.
+    """
+    if len(value) <= 64 and _UID.match(value):
+        return repr(value)
+    return "(not a valid UID)"
+
+
 def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
     # PostgreSQL cannot store NUL in a text column; padding NULs are common.
     value = str(ds.get(keyword, "") or "").replace("\x00", "")
@@ -143,7 +153,8 @@ def _integer(ds: FileDataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         number = int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        # OverflowError: pydicom reads "inf" in an IS value as infinity.
         return None
     if number is None or not _INTEGER_MIN <= number <= _INTEGER_MAX:
         return None
@@ -182,7 +193,7 @@ def _check_pixel_data(ds: FileDataset) -> None:
     if not transfer_syntax.is_transfer_syntax:
         raise UnusableDicomError(
             "Transfer Syntax UID (0002,0010) is not a known transfer syntax: "
-            f"{str(transfer_syntax)[:70]!r}"
+            f"{quoted_uid(str(transfer_syntax))}"
         )
     # A raw element carries its length without a read of its value, which
     # _check_value_lengths compared with the file.

@@ -28,6 +28,7 @@ from viewbox.ingest.dicom_import import (
     UnusableDicomError,
     describe_storage_error,
     import_dicom_file,
+    quoted_uid,
 )
 from viewbox.ingest.dicom_receiver import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from viewbox.ingest.models import QuarantinedFile
@@ -208,7 +209,8 @@ def _refusal(header: _PartHeader, study_instance_uid: str | None) -> tuple[int, 
     if header.sop_class_uid and header.sop_class_uid not in _SUPPORTED_SOP_CLASSES:
         return (
             FAILURE_SOP_CLASS_NOT_SUPPORTED,
-            f"SOPClassUID {header.sop_class_uid!r} is not a supported storage class",
+            f"SOPClassUID {quoted_uid(header.sop_class_uid)} is not a supported "
+            "storage class",
         )
     if (
         header.transfer_syntax_uid
@@ -216,7 +218,8 @@ def _refusal(header: _PartHeader, study_instance_uid: str | None) -> tuple[int, 
     ):
         return (
             FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED,
-            f"TransferSyntaxUID {header.transfer_syntax_uid!r} is not supported",
+            f"TransferSyntaxUID {quoted_uid(header.transfer_syntax_uid)} is not "
+            "supported",
         )
     return 0, ""
 

@@ -1,11 +1,13 @@
 import errno
 import logging
+import warnings
 from datetime import date
 from io import StringIO
 from pathlib import Path
 
 import pydicom
 import pytest
+from django.apps import apps
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError
 from pydicom.filebase import DicomBytesIO
@@ -17,6 +19,7 @@ from viewbox.ingest import dicom_import
 from viewbox.ingest.dicom_import import (
     INSERTED_INSTANCE_FIELDS,
     describe_storage_error,
+    quoted_uid,
 )
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.records.actions import attach_waiting_studies
@@ -270,6 +273,11 @@ class TestStorageErrors:
         error = IntegrityError("Key (sop_instance_uid)=(1.2.3.4) already exists.")
         assert describe_storage_error(error) == "IntegrityError"
 
+    def test_only_a_valid_uid_is_quoted(self) -> None:
+        assert quoted_uid("1.2.840.10008.1.2.1") == "'1.2.840.10008.1.2.1'"
+        assert quoted_uid("Testpatient^Alice") == "(not a valid UID)"
+        assert quoted_uid("1." * 40) == "(not a valid UID)"
+
     def test_os_error_keeps_its_reason_without_path(self) -> None:
         error = FileNotFoundError(errno.ENOENT, "No such file", "/media/dicom/1/x.dcm")
         assert describe_storage_error(error) == "FileNotFoundError: No such file"
@@ -336,6 +344,45 @@ class TestStoredFiles:
         ds.save_as(path)
         run_import(path)
         assert Instance.objects.get().instance_number is None
+
+    def test_infinite_instance_number_is_dropped(self, alice_exam, tmp_path) -> None:
+        path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = "999"
+        ds.SeriesNumber = "1234567890"
+        ds.save_as(path)
+        # pydicom does not set such values, so the file's bytes are changed.
+        data = path.read_bytes()
+        for tag, old, new in (
+            (b"\x20\x00\x13\x00", b"999 ", b"inf "),
+            (b"\x20\x00\x11\x00", b"1234567890", b"-Infinity "),
+        ):
+            element = tag + b"IS" + len(old).to_bytes(2, "little")
+            assert data.count(element + old) == 1
+            data = data.replace(element + old, element + new)
+        path.write_bytes(data)
+        run_import(path)
+        assert Instance.objects.get().instance_number is None
+        assert Series.objects.get().series_number is None
+
+    def test_unknown_character_set_is_not_quoted(
+        self, alice_exam, tmp_path, caplog
+    ) -> None:
+        path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = "Zzcsname^Patient"
+        ds.save_as(path)
+        with (
+            caplog.at_level(logging.DEBUG),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            # pytest restores the warning filters after each test, so the
+            # filter that the app adds as it starts is added again here.
+            apps.get_app_config("ingest").ready()
+            run_import(path)
+        assert Study.objects.count() == 1
+        assert "Zzcsname" not in caplog.text
+        assert [str(w.message) for w in caught if "Zzcsname" in str(w.message)] == []
 
     def test_multiframe_file_is_one_instance(self, alice_exam, tmp_path) -> None:
         run_import(

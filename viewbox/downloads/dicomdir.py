@@ -142,13 +142,21 @@ def read_header(file: BinaryIO) -> Dataset:
     lets OSError through.
     """
     try:
-        return dcmread(file, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
+        header = dcmread(file, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
     except OSError:
         raise
     except Exception as error:  # pydicom raises many kinds on broken input
         raise DicomdirError(
             f"it is not a readable DICOM Part 10 file ({type(error).__name__})"
         ) from error
+    for keyword in _NUMBERED:
+        try:
+            header.get(keyword)
+        except (ValueError, OverflowError):
+            # Such as "inf", which pydicom reads as infinity and cannot make
+            # an integer of: the key is treated as missing.
+            del header[keyword]
+    return header
 
 
 def leaf_record_type(sop_class_uid: str) -> str:

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 # PS3.5 section 9.1: components of digits separated by dots, 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _PIXEL_DATA = 0x7FE00010
+_NUMBER_OF_FRAMES = 0x00280008
+_WHOLE_NUMBER = re.compile(r"\+?[0-9]{1,10}")
 _INTEGER_MIN: Final = -(2**31)
 _INTEGER_MAX: Final = 2**31 - 1
 # Image Storage SOP Classes (PS3.4 Annex B.5) that the receiver accepts. An
@@ -168,6 +170,29 @@ def _study_date(ds: FileDataset) -> date | None:
         return None
 
 
+def _check_number_of_frames(ds: FileDataset) -> None:
+    """Reject a Number of Frames that is not a whole number from 1 to 2**31 - 1.
+
+    The value is checked as text: pydicom reads "1.5" as 1, and raises
+    OverflowError for "inf".
+    """
+    if _NUMBER_OF_FRAMES not in ds:
+        return
+    value = ds.get_item(_NUMBER_OF_FRAMES, keep_deferred=True).value
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
+    else:
+        text = "" if value is None else str(value)
+    text = text.strip(" \x00")
+    if not text:
+        return
+    if not _WHOLE_NUMBER.fullmatch(text) or not 1 <= int(text) <= _INTEGER_MAX:
+        raise UnusableDicomError(
+            "Number of Frames (0028,0008) is invalid: it must be a whole number "
+            f"from 1 to {_INTEGER_MAX}"
+        )
+
+
 def _check_pixel_data(ds: FileDataset) -> None:
     """Reject pixel data that its transfer syntax or image size contradicts.
 
@@ -175,13 +200,7 @@ def _check_pixel_data(ds: FileDataset) -> None:
     and native pixel data must be as long as its rows, columns and frames
     need.
     """
-    if ds.get("NumberOfFrames") not in (None, ""):
-        frames = _integer(ds, "NumberOfFrames")
-        if frames is None or frames < 1:
-            raise UnusableDicomError(
-                "Number of Frames (0028,0008) is invalid: it must be a whole "
-                f"number from 1 to {_INTEGER_MAX}"
-            )
+    _check_number_of_frames(ds)
     if _PIXEL_DATA not in ds:
         if str(ds.get("SOPClassUID", "")) in _IMAGE_CLASSES:
             raise UnusableDicomError(
@@ -245,6 +264,11 @@ def read_header(path: Path) -> FileDataset:
                 )
             _check_encoding(source, ds)
         _check_value_lengths(ds, size)
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            raise UnusableDicomError(
+                "File Meta Information has no Transfer Syntax UID (0002,0010)"
+            )
+        _check_pixel_data(ds)
     except UnusableDicomError:
         raise
     except InvalidDicomError as error:
@@ -253,11 +277,6 @@ def read_header(path: Path) -> FileDataset:
         raise UnusableDicomError(
             f"unreadable DICOM data ({type(error).__name__})"
         ) from error
-    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-        raise UnusableDicomError(
-            "File Meta Information has no Transfer Syntax UID (0002,0010)"
-        )
-    _check_pixel_data(ds)
     return ds
 
 

@@ -726,6 +726,28 @@ class TestDicomdirKeys:
         ]
         assert [records[3].InstanceNumber, records[4].InstanceNumber] == [1, 2]
 
+    def test_infinite_numbers_take_the_position(self, tmp_path) -> None:
+        ds = pydicom.dcmread(CT)
+        ds.InstanceNumber = "999"
+        ds.SeriesNumber = "1234567890"
+        path = tmp_path / "ct.dcm"
+        ds.save_as(path)
+        # pydicom does not set such values, so the file's bytes are changed.
+        data = path.read_bytes()
+        for tag, old, new in (
+            (b"\x20\x00\x13\x00", b"999 ", b"inf "),
+            (b"\x20\x00\x11\x00", b"1234567890", b"-Infinity "),
+        ):
+            element = tag + b"IS" + len(old).to_bytes(2, "little")
+            assert data.count(element + old) == 1
+            data = data.replace(element + old, element + new)
+        path.write_bytes(data)
+
+        _, _, series, image = self.directory_records(self.header(path))
+
+        assert series.SeriesNumber == 1
+        assert image.InstanceNumber == 1
+
     def test_structured_report_gets_an_sr_document_record(self) -> None:
         *_, leaf = self.directory_records(self.header(SR))
 

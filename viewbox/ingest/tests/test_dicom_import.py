@@ -126,14 +126,26 @@ class TestRejectedFiles:
         assert "Pixel Data (7FE0,0010) is missing from the image" in stderr
         assert Instance.objects.count() == 0
 
-    @pytest.mark.parametrize("frames", ["-5", "0", "99999999999999999999"])
+    @pytest.mark.parametrize(
+        "frames", ["-5", "0", "99999999999999999999", "1.5", "inf", "2\\3"]
+    )
     def test_invalid_number_of_frames_is_quarantined(
         self, alice_exam, tmp_path, frames
     ) -> None:
         path = write_copy(CT, tmp_path / "in" / "a.dcm", "DEMO-1001", "ACC1001")
         ds = pydicom.dcmread(path)
-        ds.NumberOfFrames = frames
+        ds.NumberOfFrames = "1234567890"
         ds.save_as(path)
+        # pydicom does not set such values, so the file's bytes are changed.
+        value = frames.encode() + b" " * (len(frames) % 2)
+        element = b"\x28\x00\x08\x00IS"
+        data = path.read_bytes()
+        assert data.count(element + b"\x0a\x001234567890") == 1
+        data = data.replace(
+            element + b"\x0a\x001234567890",
+            element + len(value).to_bytes(2, "little") + value,
+        )
+        path.write_bytes(data)
         _, stderr, status = run_import(path)
         assert status == 1
         assert "Number of Frames (0028,0008) is invalid" in stderr

@@ -49,6 +49,21 @@ _PALETTE: Final = "PALETTE COLOR"
 # YBR_FULL_422, and the JPEG 2000 decoders already return YBR_ICT and YBR_RCT
 # as RGB.
 _COLOR: Final = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
+# Every defined term of Photometric Interpretation (PS3.3 C.7.6.3.1.2),
+# retired ones included.
+_DEFINED_INTERPRETATIONS: Final = (
+    _GRAYSCALE
+    | _COLOR
+    | {
+        _PALETTE,
+        "HSV",
+        "ARGB",
+        "CMYK",
+        "YBR_PARTIAL_422",
+        "YBR_PARTIAL_420",
+        "XYB",
+    }
+)
 
 _YCBCR: Final = frozenset({"YBR_FULL", "YBR_FULL_422"})
 _PIXEL_DATA_KEYWORDS: Final = {
@@ -337,9 +352,15 @@ def _check_image_pixel_module(header: Dataset) -> None:
 
     expected_samples = 3 if interpretation in _COLOR else 1
     if interpretation not in _COLOR | _GRAYSCALE | {_PALETTE}:
+        # Only a term of the standard is quoted: in a broken file the value
+        # may be any text.
+        if interpretation in _DEFINED_INTERPRETATIONS:
+            raise RenderError(
+                f"(0028,0004) Photometric Interpretation '{interpretation}' is not "
+                "supported"
+            )
         raise RenderError(
-            f"(0028,0004) Photometric Interpretation '{interpretation}' is not "
-            "supported"
+            "(0028,0004) Photometric Interpretation is not a term of the standard"
         )
 
     samples = header.get("SamplesPerPixel", 1)

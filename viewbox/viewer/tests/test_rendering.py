@@ -143,6 +143,22 @@ class TestRejectedFiles:
             "(0028,0004) Photometric Interpretation 'HSV' is not supported"
         )
 
+    def test_unknown_photometric_interpretation_is_not_quoted(
+        self, tmp_path: Path
+    ) -> None:
+        source = relabelled_copy(
+            PYDICOM_TEST_FILES / "MR_small.dcm",
+            tmp_path,
+            PhotometricInterpretation="TESTPATIENT ALICE",
+        )
+
+        with pytest.raises(RenderError) as raised:
+            render_jpeg(source)
+
+        assert str(raised.value) == (
+            "(0028,0004) Photometric Interpretation is not a term of the standard"
+        )
+
     @pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
     def test_invalid_number_of_frames_is_rejected(self) -> None:
         with pytest.raises(RenderError) as raised:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -28,6 +29,21 @@ def package_path(package: str, relative: str) -> Path:
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.origin is not None, package
     return Path(spec.origin).parent / relative
+
+
+def replace_is_value(path: Path, tag: int, old: str, new: str) -> None:
+    """Replace an Explicit VR IS value in a file's bytes.
+
+    For values such as "inf" that pydicom does not write. ``old`` must be
+    the element's whole value, of even length.
+    """
+    new_value = new.encode() + b" " * (len(new) % 2)
+    element = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"IS"
+    before = element + len(old).to_bytes(2, "little") + old.encode()
+    data = path.read_bytes()
+    assert data.count(before) == 1
+    after = element + len(new_value).to_bytes(2, "little") + new_value
+    path.write_bytes(data.replace(before, after))
 
 
 @pytest.fixture(autouse=True)

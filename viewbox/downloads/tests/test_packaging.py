@@ -22,7 +22,7 @@ from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 
 from viewbox.browser_fixtures import needs_chromium
-from viewbox.conftest import package_path
+from viewbox.conftest import package_path, replace_is_value
 from viewbox.downloads.dicomdir import DicomDirectory, read_header
 from viewbox.downloads.iso_writer import IsoPackageWriter
 from viewbox.downloads.packaging import (
@@ -728,20 +728,12 @@ class TestDicomdirKeys:
 
     def test_infinite_numbers_take_the_position(self, tmp_path) -> None:
         ds = pydicom.dcmread(CT)
-        ds.InstanceNumber = "999"
+        ds.InstanceNumber = "99"
         ds.SeriesNumber = "1234567890"
         path = tmp_path / "ct.dcm"
         ds.save_as(path)
-        # pydicom does not set such values, so the file's bytes are changed.
-        data = path.read_bytes()
-        for tag, old, new in (
-            (b"\x20\x00\x13\x00", b"999 ", b"inf "),
-            (b"\x20\x00\x11\x00", b"1234567890", b"-Infinity "),
-        ):
-            element = tag + b"IS" + len(old).to_bytes(2, "little")
-            assert data.count(element + old) == 1
-            data = data.replace(element + old, element + new)
-        path.write_bytes(data)
+        replace_is_value(path, 0x00200013, "99", "inf")
+        replace_is_value(path, 0x00200011, "1234567890", "-Infinity")
 
         _, _, series, image = self.directory_records(self.header(path))
 

@@ -14,7 +14,12 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import generate_uid
 
-from viewbox.conftest import make_exam, make_patient, package_path
+from viewbox.conftest import (
+    make_exam,
+    make_patient,
+    package_path,
+    replace_is_value,
+)
 from viewbox.ingest import dicom_import
 from viewbox.ingest.dicom_import import (
     INSERTED_INSTANCE_FIELDS,
@@ -136,16 +141,7 @@ class TestRejectedFiles:
         ds = pydicom.dcmread(path)
         ds.NumberOfFrames = "1234567890"
         ds.save_as(path)
-        # pydicom does not set such values, so the file's bytes are changed.
-        value = frames.encode() + b" " * (len(frames) % 2)
-        element = b"\x28\x00\x08\x00IS"
-        data = path.read_bytes()
-        assert data.count(element + b"\x0a\x001234567890") == 1
-        data = data.replace(
-            element + b"\x0a\x001234567890",
-            element + len(value).to_bytes(2, "little") + value,
-        )
-        path.write_bytes(data)
+        replace_is_value(path, 0x00280008, "1234567890", frames)
         _, stderr, status = run_import(path)
         assert status == 1
         assert "Number of Frames (0028,0008) is invalid" in stderr
@@ -360,19 +356,11 @@ class TestStoredFiles:
     def test_infinite_instance_number_is_dropped(self, alice_exam, tmp_path) -> None:
         path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
         ds = pydicom.dcmread(path)
-        ds.InstanceNumber = "999"
+        ds.InstanceNumber = "99"
         ds.SeriesNumber = "1234567890"
         ds.save_as(path)
-        # pydicom does not set such values, so the file's bytes are changed.
-        data = path.read_bytes()
-        for tag, old, new in (
-            (b"\x20\x00\x13\x00", b"999 ", b"inf "),
-            (b"\x20\x00\x11\x00", b"1234567890", b"-Infinity "),
-        ):
-            element = tag + b"IS" + len(old).to_bytes(2, "little")
-            assert data.count(element + old) == 1
-            data = data.replace(element + old, element + new)
-        path.write_bytes(data)
+        replace_is_value(path, 0x00200013, "99", "inf")
+        replace_is_value(path, 0x00200011, "1234567890", "-Infinity")
         run_import(path)
         assert Instance.objects.get().instance_number is None
         assert Series.objects.get().series_number is None

@@ -127,37 +127,30 @@ class TestRejectedFiles:
             "'1.2.840.10008.5.1.4.1.1.88.33' (Comprehensive SR Storage)"
         )
 
+    @pytest.mark.parametrize(
+        ("interpretation", "message"),
+        [
+            ("HSV", "(0028,0004) Photometric Interpretation 'HSV' is not supported"),
+            # Free text is not quoted: it may be a name.
+            (
+                "TESTPATIENT ALICE",
+                "(0028,0004) Photometric Interpretation is not a term of the standard",
+            ),
+        ],
+    )
     def test_unsupported_photometric_interpretation_is_rejected(
-        self, tmp_path: Path
+        self, tmp_path: Path, interpretation: str, message: str
     ) -> None:
         source = relabelled_copy(
             PYDICOM_TEST_FILES / "MR_small.dcm",
             tmp_path,
-            PhotometricInterpretation="HSV",
+            PhotometricInterpretation=interpretation,
         )
 
         with pytest.raises(RenderError) as raised:
             render_jpeg(source)
 
-        assert str(raised.value) == (
-            "(0028,0004) Photometric Interpretation 'HSV' is not supported"
-        )
-
-    def test_unknown_photometric_interpretation_is_not_quoted(
-        self, tmp_path: Path
-    ) -> None:
-        source = relabelled_copy(
-            PYDICOM_TEST_FILES / "MR_small.dcm",
-            tmp_path,
-            PhotometricInterpretation="TESTPATIENT ALICE",
-        )
-
-        with pytest.raises(RenderError) as raised:
-            render_jpeg(source)
-
-        assert str(raised.value) == (
-            "(0028,0004) Photometric Interpretation is not a term of the standard"
-        )
+        assert str(raised.value) == message
 
     @pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
     def test_invalid_number_of_frames_is_rejected(self) -> None:

@@ -360,6 +360,13 @@ class Peer:
     def send_command(self, context_id: int, command: bytes) -> None:
         self.send(p_data((context_id, LAST_COMMAND_FRAGMENT, command)))
 
+    def start_store(self, instance: "Sample") -> None:
+        """Send a C-STORE-RQ on context 1 and the first 1,000 bytes of its data set."""
+        self.send_command(
+            1, c_store_rq(1, instance.sop_class_uid, instance.sop_instance_uid)
+        )
+        self.send(p_data((1, DATA_FRAGMENT, instance.data_set[:1000])))
+
     def send_data_set(
         self, context_id: int, data_set: bytes, fragment_length: int = 16000
     ) -> None:
@@ -743,10 +750,7 @@ class TestBrokenMessages:
     ) -> None:
         peer = connect()
         peer.associate()
-        peer.send_command(
-            1, c_store_rq(1, small_ct.sop_class_uid, small_ct.sop_instance_uid)
-        )
-        peer.send(p_data((1, DATA_FRAGMENT, small_ct.data_set[:1000])))
+        peer.start_store(small_ct)
         peer.send_command(3, c_echo_rq(2))
         assert peer.rest() == [(A_ABORT, ABORT_INVALID_PARAMETER)]
         assert_nothing_kept(server, settings)
@@ -824,10 +828,7 @@ class TestSilentPeer:
     ) -> None:
         peer = connect()
         peer.associate()
-        peer.send_command(
-            1, c_store_rq(1, small_ct.sop_class_uid, small_ct.sop_instance_uid)
-        )
-        peer.send(p_data((1, DATA_FRAGMENT, small_ct.data_set[:1000])))
+        peer.start_store(small_ct)
         started = time.monotonic()
         assert peer.rest() == [(A_ABORT, ABORT_NOT_SPECIFIED)]
         # The receiver may start its last read just before the test's clock.
@@ -1016,10 +1017,7 @@ class TestRelease:
     ) -> None:
         peer = connect()
         peer.associate()
-        peer.send_command(
-            1, c_store_rq(1, small_ct.sop_class_uid, small_ct.sop_instance_uid)
-        )
-        peer.send(p_data((1, DATA_FRAGMENT, small_ct.data_set[:1000])))
+        peer.start_store(small_ct)
         peer.send(release_rq())
         assert peer.rest() == [(A_ABORT, ABORT_UNEXPECTED_PDU)]
         assert_nothing_kept(server, settings)

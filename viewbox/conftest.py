@@ -34,8 +34,8 @@ def package_path(package: str, relative: str) -> Path:
 def replace_is_value(path: Path, tag: int, old: str, new: str) -> None:
     """Replace an Explicit VR IS value in a file's bytes.
 
-    For values such as "inf" that pydicom does not write. ``old`` must be
-    the element's whole value, of even length.
+    pydicom does not write values such as "inf". ``old`` must be the
+    element's whole value, of even length.
     """
     new_value = new.encode() + b" " * (len(new) % 2)
     element = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"IS"

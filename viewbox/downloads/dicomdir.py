@@ -153,8 +153,8 @@ def read_header(file: BinaryIO) -> Dataset:
         try:
             header.get(keyword)
         except (ValueError, OverflowError):
-            # Such as "inf", which pydicom reads as infinity and cannot make
-            # an integer of: the key is treated as missing.
+            # pydicom raises for a value such as "inf" when it converts it,
+            # so the key is treated as missing.
             del header[keyword]
     return header
 

@@ -134,7 +134,7 @@ def _uid(ds: FileDataset, keyword: str) -> str:
 def quoted_uid(value: str) -> str:
     """Return a UID quoted for a message, or a placeholder when it is not a UID.
 
-    A field that is not a UID may hold anything, a patient's name included.
+    A field that is not a UID may contain anything, a patient's name included.
     """
     if len(value) <= 64 and _UID.match(value):
         return repr(value)
@@ -150,7 +150,7 @@ def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
 def _integer(ds: FileDataset, keyword: str) -> int | None:
     """Return an integer value, or None when it is missing, invalid or too large.
 
-    The integer columns of the database hold signed 32-bit values.
+    The integer columns of the database contain signed 32-bit values.
     """
     try:
         value = ds.get(keyword)
@@ -173,8 +173,8 @@ def _study_date(ds: FileDataset) -> date | None:
 def _check_number_of_frames(ds: FileDataset) -> None:
     """Reject a Number of Frames that is not a whole number from 1 to 2**31 - 1.
 
-    The value is checked as text: pydicom reads "1.5" as 1, and raises
-    OverflowError for "inf".
+    The value is checked as text: pydicom reads "1.5" as 1.5, which int()
+    cuts to 1, and raises OverflowError for "inf".
     """
     if _NUMBER_OF_FRAMES not in ds:
         return
@@ -238,12 +238,11 @@ def _check_pixel_data(ds: FileDataset) -> None:
         )
 
 
-def read_header(path: Path) -> FileDataset:
-    """Read a file's data set, leaving large values such as pixel data on disk.
+def read_header(path: Path, size: int) -> FileDataset:
+    """Read a file of size bytes, leaving large values such as pixel data on disk.
 
     Raises UnusableDicomError when the file cannot be stored.
     """
-    size = path.stat().st_size
     if size > settings.DICOM_MAX_FILE_BYTES:
         raise UnusableDicomError(
             f"file is {size} bytes, more than the limit of "
@@ -570,7 +569,8 @@ def check_dicom_file(
     UID, SOP Instance UID) pair. A caller that hashed the bytes as it wrote
     them passes the hexadecimal SHA-256 as ``sha256``.
     """
-    ds = read_header(path)
+    size = path.stat().st_size
+    ds = read_header(path, size)
     sop_instance_uid = _uid(ds, "SOPInstanceUID")
     sop_class_uid = _uid(ds, "SOPClassUID")
     if announced is not None:
@@ -581,7 +581,7 @@ def check_dicom_file(
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
         sha256=sha256 or _sha256(path),
-        size=path.stat().st_size,
+        size=size,
     )
 
 
@@ -597,7 +597,7 @@ def find_stored_copy(checked: CheckedFile) -> DicomImportResult | None:
         return None
     pk, sha256 = row
     if sha256 == checked.sha256:
-        # A resent instance is rare: its row may cost a query.
+        # Resent instances are rare, so loading the whole row costs little.
         existing = Instance.objects.filter(pk=pk).first()
         return DicomImportResult("duplicate", instance=existing)
     raise ConflictingInstanceError(

@@ -59,6 +59,13 @@ POSTGRESQL_SOCKET_FOLDER: Final = os.environ.get(
     "VIEWBOX_BENCH_POSTGRES_SOCKET", "/var/run/postgresql"
 )
 POSTGRESQL_DATABASE: Final = "viewbox_bench_store"
+# The folder of the instances and of every receiver's storage. Builds and
+# tests create and delete files in /tmp all day. On this machine, creating
+# a file there took 0.5 ms of CPU, mostly in ext4's search for a free inode.
+# In a new folder elsewhere on the same disk it took 0.02 ms.
+WORK_FOLDER: Final = Path(
+    os.environ.get("VIEWBOX_BENCH_FOLDER", REPOSITORY / "var" / "bench")
+)
 
 
 def postgresql_url(database: str) -> str:
@@ -575,7 +582,8 @@ def main() -> None:
         f"Python {platform.python_version()}, pydicom {version('pydicom')}, "
         f"pynetdicom {version('pynetdicom')}, {os.cpu_count()} CPUs"
     )
-    with tempfile.TemporaryDirectory(prefix="viewbox-bench-store-") as name:
+    WORK_FOLDER.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="store-", dir=WORK_FOLDER) as name:
         root = Path(name)
         exam = root / "exam"
         exam.mkdir()

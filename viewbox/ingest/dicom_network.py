@@ -2,8 +2,8 @@
 
 Each association runs in its own thread, which reads whole PDUs with
 blocking calls and writes the data set fragments of a C-STORE request to a
-file as they arrive, hashing them on the way. Once the last fragment is in,
-the ``store`` callback gets the file and returns the status to send.
+file as they arrive. Once the last fragment is in, the ``store`` callback
+gets the file and returns the status to send.
 Nothing of the data set is decoded here.
 
 pynetdicom, which the receiver used before, hands every PDU from a reading
@@ -14,7 +14,6 @@ which is longer than a crash-safe store of the file takes
 """
 
 import ctypes
-import hashlib
 import logging
 import os
 import socket
@@ -98,7 +97,6 @@ class ReceivedDataSet:
     sop_instance_uid: str
     transfer_syntax_uid: str
     calling_ae_title: str
-    sha256: str
     size: int
 
 
@@ -123,7 +121,7 @@ def file_meta_information(
     """Encode the preamble, prefix and File Meta Information of PS3.10 section 7.1.
 
     Nothing of the sender goes into it, so that the same data set received
-    twice gives the same file and the same hash.
+    twice gives the same file, which the receiver then takes for a resend.
     """
     elements = (
         # (0002,0001) File Meta Information Version is OB, with a long length.
@@ -226,7 +224,6 @@ class _PendingStore:
             sop_class_uid, sop_instance_uid, transfer_syntax_uid
         )
         self.size = len(meta)
-        self.digest = hashlib.sha256(meta)
         self.descriptor = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
@@ -252,7 +249,6 @@ class _PendingStore:
             self.discard()
             return
         self._write(fragment)
-        self.digest.update(fragment)
 
     def start_writeback(self) -> None:
         """Have the kernel start writing the file to disk, without waiting.
@@ -510,7 +506,6 @@ class _Association:
                     sop_instance_uid=pending.sop_instance_uid,
                     transfer_syntax_uid=pending.transfer_syntax_uid,
                     calling_ae_title=self.calling_ae_title,
-                    sha256=pending.digest.hexdigest(),
                     size=pending.size,
                 )
             )

@@ -238,7 +238,7 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
     announced = (received.sop_class_uid, received.sop_instance_uid)
     drop_broken_connection()
     try:
-        checked = check_dicom_file(path, announced, sha256=received.sha256)
+        checked = check_dicom_file(path, announced)
         stored_copy = find_stored_copy(checked)
         if stored_copy is None:
             try:

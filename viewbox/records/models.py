@@ -180,7 +180,6 @@ class Instance(models.Model):
     # Path inside the default storage; built from internal ids only.
     file = models.CharField(max_length=255)
     size = models.PositiveBigIntegerField()
-    sha256 = models.CharField(max_length=64)
 
     class Meta:
         ordering = ["instance_number", "pk"]

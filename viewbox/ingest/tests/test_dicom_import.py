@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.apps import apps
+from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError
 from pydicom.filebase import DicomBytesIO
@@ -235,7 +236,10 @@ class TestRejectedFiles:
         _, stderr, status = run_import(second)
         assert status == 1
         assert "SOPInstanceUID is already stored with different content" in stderr
-        assert Instance.objects.get().sha256 == stored.sha256
+        assert Instance.objects.get().sop_class_uid == stored.sop_class_uid
+        assert Path(default_storage.path(stored.file)).read_bytes() == (
+            first.read_bytes()
+        )
 
     def test_study_uid_of_another_patient_is_refused(
         self, alice_exam, tmp_path
@@ -286,8 +290,6 @@ class TestStoredFiles:
     def test_file_stored_unchanged_under_internal_name(
         self, alice_exam, tmp_path
     ) -> None:
-        from django.core.files.storage import default_storage
-
         path = write_copy(CT, tmp_path / "../../evil name.dcm", "DEMO-1001", "ACC1001")
         run_import(path)
         instance = Instance.objects.get()

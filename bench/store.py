@@ -524,8 +524,8 @@ def report(runs: list[Run], instance_bytes: int) -> None:
         f"{instance_bytes / 1e6:.2f} MB each, sent with storescu"
     )
     print(f"{'receiver':<13} {'associations':>12} {'seconds':>8} {'instances/s':>12}")
-    print("(Viewbox: on SQLite; Viewbox PG: on PostgreSQL; both with a receiver")
-    print(" process per CPU)")
+    print("(Viewbox: on SQLite; Viewbox PG: on PostgreSQL; both with two")
+    print(" receiver processes per CPU)")
     print("(discard: Viewbox's network layer, storing nothing)")
     print("(pynetdicom: pynetdicom 3's Storage SCP, storing nothing)")
     print("(storescp+sync: storescp that runs 'sync FILE' after each file)")

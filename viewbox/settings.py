@@ -343,10 +343,10 @@ DICOM_CALLING_AE_TITLES = [
 DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "10"))
 # Receiver processes sharing the port. One process serves its associations
 # in threads, which take turns on Python's global interpreter lock. None
-# lets run_dicom_receiver start one per CPU. On SQLite the processes take
-# turns at its single writer, and two of them still stored 10% more
-# instances per second than one over four associations (bench/store.py,
-# 2 CPUs).
+# lets run_dicom_receiver start two per CPU, because each process spends
+# part of every store waiting for fsync. Over four associations on 2 CPUs,
+# four processes stored 6% more instances per second than two, and two 10%
+# more than one (bench/store.py, SQLite, which takes one writer at a time).
 DICOM_RECEIVER_PROCESSES = (
     int(os.environ["VIEWBOX_DICOM_RECEIVER_PROCESSES"])
     if os.environ.get("VIEWBOX_DICOM_RECEIVER_PROCESSES")

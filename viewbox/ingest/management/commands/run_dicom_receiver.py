@@ -44,15 +44,15 @@ class Command(BaseCommand):
             default=settings.DICOM_RECEIVER_PROCESSES,
             help=(
                 "receiver processes sharing the port, each serving whole "
-                "associations (default: VIEWBOX_DICOM_RECEIVER_PROCESSES, else the "
-                "number of CPUs)"
+                "associations (default: VIEWBOX_DICOM_RECEIVER_PROCESSES, else two "
+                "per CPU)"
             ),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         processes = options["processes"]
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = 2 * (os.cpu_count() or 1)
         if processes < 1:
             raise CommandError("--processes must be 1 or more")
         if connection.vendor == "sqlite":

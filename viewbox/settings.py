@@ -345,8 +345,9 @@ DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "1
 # in threads, which take turns on Python's global interpreter lock. None
 # lets run_dicom_receiver start two per CPU, because each process spends
 # part of every store waiting for fsync. Over four associations on 2 CPUs,
-# four processes stored 6% more instances per second than two, and two 10%
-# more than one (bench/store.py, SQLite, which takes one writer at a time).
+# four processes stored 8% more instances per second than two on average,
+# and two 10% more than one (bench/store.py, SQLite, which takes one writer
+# at a time).
 DICOM_RECEIVER_PROCESSES = (
     int(os.environ["VIEWBOX_DICOM_RECEIVER_PROCESSES"])
     if os.environ.get("VIEWBOX_DICOM_RECEIVER_PROCESSES")

@@ -22,7 +22,8 @@ The arrival of a study is audited once per association, with its first
 instance, and again when the study gets its exam. An entry per instance
 took a fifth of the receiver's Python time, and the audit chain's lock
 that each entry holds until its commit made receiver processes on
-PostgreSQL take turns.
+PostgreSQL take turns. The log line of an unmatched study also comes once
+per association.
 """
 
 import contextlib
@@ -228,8 +229,14 @@ def _store(
         raise
     if audited is not None:
         audited.update(audited_as)
-    if study.exam_id is None:
-        logger.info("Stored instance %d in unmatched study %d", instance.pk, study.pk)
+    if study.exam_id is None and audited_as:
+        # Logged once per study and association, like the audit entry,
+        # because a line per instance filled the log with 1,000 lines a series.
+        logger.info(
+            "Storing instances in unmatched study %d, the first as instance %d",
+            study.pk,
+            instance.pk,
+        )
 
 
 def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResult:

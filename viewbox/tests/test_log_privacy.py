@@ -45,7 +45,7 @@ class TestNeedles:
         "line",
         [
             "Processed HL7 message MSG-1 (ORU^R01) as HL7 message 4",
-            "Stored instance 12 in unmatched study 3",
+            "Storing instances in unmatched study 3, the first as instance 12",
             "UID 1.2.826.0.1.3680043.8.498.23456789234567892345",
             "GET /g/x/y/reset/[redacted]/ 200",
             "Forbidden (CSRF cookie not set.): /g/x/y/reset/MQ/set-password/",

@@ -27,7 +27,7 @@ from viewbox.ingest.dicom_receiver import start_receiver
 from viewbox.ingest.models import QuarantinedFile
 from viewbox.ingest.tests.test_database_writer import write_series
 from viewbox.ingest.tests.test_dicom_import import write_copy
-from viewbox.records.models import Instance
+from viewbox.records.models import Instance, Study
 
 pytestmark = [pytest.mark.peer, pytest.mark.django_db(transaction=True)]
 
@@ -281,6 +281,29 @@ class TestAudit:
         assert [(event.exam_id, event.patient_id) for event in imports] == [
             (alice_exam.pk, alice_exam.visit.patient_id)
         ] * 2
+
+    def test_unmatched_study_logged_once_per_association(
+        self, receiver, tmp_path, caplog
+    ) -> None:
+        folder = tmp_path / "series"
+        folder.mkdir()
+        for path in write_series(tmp_path, 3):
+            path.rename(folder / path.name)
+        caplog.set_level(logging.INFO, logger="viewbox.ingest.dicom_receiver")
+
+        result = dcmtk("storescu", "+sd", "127.0.0.1", receiver, folder)
+
+        assert result.returncode == 0, result.stderr
+        study = Study.objects.get()
+        assert study.exam is None
+        assert [
+            record.getMessage()
+            for record in caplog.records
+            if "unmatched study" in record.getMessage()
+        ] == [
+            f"Storing instances in unmatched study {study.pk}, the first as "
+            f"instance {Instance.objects.order_by('pk').first().pk}"
+        ]
 
     def test_resent_instance_is_not_audited(self, receiver, tmp_path) -> None:
         [path] = write_series(tmp_path, 1)

@@ -1167,28 +1167,60 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
+def receiver_environment(data: Path) -> dict[str, str]:
+    """Return the environment of a receiver command on a new SQLite database."""
+    environment = {
+        **{
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("VIEWBOX_")
+        },
+        "VIEWBOX_DATA_DIR": str(data),
+        "VIEWBOX_DATABASE_URL": f"sqlite:///{data / 'db.sqlite3'}",
+        "VIEWBOX_DICOM_CALLING_AE_TITLES": CALLING,
+        "TCP_NODELAY": "1",
+    }
+    subprocess.run(
+        [sys.executable, str(REPOSITORY / "manage.py"), "migrate", "-v0"],
+        env=environment,
+        check=True,
+        timeout=120,
+    )
+    return environment
+
+
+@contextmanager
+def receiver_command(
+    data: Path, environment: dict[str, str], processes: int
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """Run manage.py run_dicom_receiver until it listens; kill it at the end."""
+    port = free_loopback_port()
+    log = data / "receiver.log"
+    with log.open("wb") as output:
+        receiver = subprocess.Popen(
+            [
+                *(sys.executable, str(REPOSITORY / "manage.py")),
+                *("run_dicom_receiver", "--processes", str(processes)),
+                *("--port", str(port)),
+            ],
+            env=environment,
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        wait_for(lambda: b"Listening on" in log.read_bytes(), 30)
+        yield receiver, port, log
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+
+
 class TestReceiverProcesses:
     def test_two_processes_store_and_stop_on_sigterm(self, tmp_path) -> None:
         data = tmp_path / "data"
         data.mkdir()
-        environment = {
-            **{
-                name: value
-                for name, value in os.environ.items()
-                if not name.startswith("VIEWBOX_")
-            },
-            "VIEWBOX_DATA_DIR": str(data),
-            "VIEWBOX_DATABASE_URL": f"sqlite:///{data / 'db.sqlite3'}",
-            "VIEWBOX_DICOM_CALLING_AE_TITLES": CALLING,
-            "TCP_NODELAY": "1",
-        }
-        manage = [sys.executable, str(REPOSITORY / "manage.py")]
-        subprocess.run(
-            [*manage, "migrate", "-v0"],
-            env=environment,
-            check=True,
-            timeout=120,
-        )
+        environment = receiver_environment(data)
         sent = {}
         for sender in range(3):
             for number in range(2):
@@ -1198,24 +1230,8 @@ class TestReceiverProcesses:
                 )
                 sent[copy.sop_instance_uid] = copy
 
-        port = free_loopback_port()
-        log = tmp_path / "receiver.log"
-        with log.open("wb") as output:
-            receiver = subprocess.Popen(
-                [
-                    *manage,
-                    "run_dicom_receiver",
-                    "--processes",
-                    "2",
-                    "--port",
-                    str(port),
-                ],
-                env=environment,
-                stdout=output,
-                stderr=output,
-            )
-        try:
-            wait_for(lambda: b"with 2 processes" in log.read_bytes(), 30)
+        with receiver_command(data, environment, 2) as (receiver, port, log):
+            assert b"with 2 processes" in log.read_bytes()
             children = children_of(receiver.pid)
             assert len(children) == 2
             senders = [
@@ -1238,10 +1254,6 @@ class TestReceiverProcesses:
             receiver.send_signal(signal.SIGTERM)
             assert receiver.wait(timeout=10) == 0, log.read_text()
             assert time.monotonic() - started < 5
-        finally:
-            if receiver.poll() is None:
-                receiver.kill()
-                receiver.wait()
         assert [child for child in children if Path(f"/proc/{child}").exists()] == []
         with sqlite3.connect(data / "db.sqlite3") as database:
             stored = {
@@ -1252,6 +1264,26 @@ class TestReceiverProcesses:
             }
         assert stored == set(sent)
         assert staging_folders(data / "media" / "incoming") == []
+
+    def test_process_killed_at_start_is_replaced(self, tmp_path) -> None:
+        data = tmp_path / "data"
+        data.mkdir()
+        environment = receiver_environment(data)
+        with receiver_command(data, environment, 1) as (receiver, port, log):
+            wait_for(lambda: len(children_of(receiver.pid)) == 1, 10)
+            [child] = children_of(receiver.pid)
+            os.kill(child, signal.SIGKILL)
+
+            wait_for(lambda: children_of(receiver.pid) not in ([], [child]), 10)
+            echo = subprocess.run(
+                ["echoscu", "-aec", CALLED, "-aet", CALLING, "127.0.0.1", str(port)],
+                env=environment,
+                capture_output=True,
+                timeout=30,
+            )
+            assert receiver.poll() is None, log.read_text()
+            assert echo.returncode == 0, echo.stderr
+            assert b"ended with status -9; starting another" in log.read_bytes()
 
 
 # Hostile and broken peers that a fresh tester found.

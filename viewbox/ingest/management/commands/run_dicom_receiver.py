@@ -15,9 +15,24 @@ from viewbox.ingest.dicom_receiver import start_receiver
 
 logger = logging.getLogger(__name__)
 
-# Seconds after its start within which a receiver process that ends is not
-# started again: it failed to start, and would fail again.
+# Seconds after its start within which a receiver process that exits by
+# itself is not started again: it failed to start, and would fail again. One
+# killed by a signal is started again, after _RESTART_PAUSE_SECONDS when it
+# was killed that soon, so that a crash at start does not loop at full speed.
 _QUICK_EXIT_SECONDS = 10.0
+_RESTART_PAUSE_SECONDS = 1.0
+
+
+def _usable_cpus() -> int:
+    """Return the number of CPUs this process may run on.
+
+    A container or taskset may allow fewer than the machine has, which
+    os.cpu_count() reports.
+    """
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Command(BaseCommand):
@@ -52,7 +67,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         processes = options["processes"]
         if processes is None:
-            processes = 2 * (os.cpu_count() or 1)
+            processes = 2 * _usable_cpus()
         if processes < 1:
             raise CommandError("--processes must be 1 or more")
         if connection.vendor == "sqlite":
@@ -147,7 +162,8 @@ class Command(BaseCommand):
             if stopping or started is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if time.monotonic() - started < _QUICK_EXIT_SECONDS:
+            quick = time.monotonic() - started < _QUICK_EXIT_SECONDS
+            if quick and code >= 0:
                 logger.error(
                     "DICOM receiver process %d ended with status %d right after "
                     "it started; stopping the others",
@@ -162,6 +178,10 @@ class Command(BaseCommand):
                 pid,
                 code,
             )
+            if quick:
+                time.sleep(_RESTART_PAUSE_SECONDS)
+                if stopping:
+                    continue
             children[self._fork_child(listener)] = time.monotonic()
         listener.close()
         if failed:

@@ -3,6 +3,7 @@ import warnings
 
 import pydicom
 from django.apps import AppConfig
+from django.db.models.signals import post_delete
 
 
 class IngestConfig(AppConfig):
@@ -21,3 +22,14 @@ class IngestConfig(AppConfig):
         # it is imported, and to Python's warnings, printed on standard error.
         logging.getLogger("pydicom").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+        # A deleted quarantine row takes its file along: it may hold patient
+        # data.
+        from viewbox.ingest.models import QuarantinedFile
+        from viewbox.ingest.quarantine import remove_quarantined_file
+
+        post_delete.connect(
+            remove_quarantined_file,
+            sender=QuarantinedFile,
+            dispatch_uid="remove_quarantined_file",
+        )

@@ -4,6 +4,7 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
 from viewbox.ingest.models import QuarantinedFile
 
@@ -32,3 +33,33 @@ def quarantine_file(
     return QuarantinedFile.objects.create(
         kind=kind, original_name=path.name[:255], path=str(target), reason=reason
     )
+
+
+def remove_quarantined_file(instance: QuarantinedFile, **kwargs: object) -> None:
+    """Delete a quarantined row's file once the deletion of the row commits.
+
+    The file may hold patient data, so it goes with its row. Only files
+    inside QUARANTINE_DIR are removed.
+    """
+    folder = Path(settings.QUARANTINE_DIR).resolve()
+    path = Path(instance.path).resolve()
+    if not path.is_relative_to(folder):
+        logger.warning(
+            "Kept the file of deleted quarantine row %d: it is outside the "
+            "quarantine folder",
+            instance.pk,
+        )
+        return
+    row_id = instance.pk
+
+    def remove() -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            logger.error(
+                "Could not delete the file of quarantine row %d: %s",
+                row_id,
+                type(error).__name__,
+            )
+
+    transaction.on_commit(remove)

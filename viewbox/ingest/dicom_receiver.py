@@ -246,14 +246,18 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
     drop_broken_connection()
     try:
         checked = check_dicom_file(path, announced)
-        stored_copy = find_stored_copy(checked)
+
+        def restore(name: str) -> None:
+            link_durably(checked.path, name)
+
+        stored_copy = find_stored_copy(checked, restore)
         if stored_copy is None:
             try:
                 _store(checked, writer, _audited_studies())
             except IntegrityError:
                 # Another association stored the same SOP Instance UID
                 # meanwhile: the same file is a duplicate, another a conflict.
-                stored_copy = find_stored_copy(checked)
+                stored_copy = find_stored_copy(checked, restore)
                 if stored_copy is None:
                     raise
     except DatasetMismatchError as error:
@@ -268,7 +272,11 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
             "Could not store a C-STORE data set: %s", describe_storage_error(error)
         )
         return StoreResult(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later")
-    if stored_copy is not None and stored_copy.instance is not None:
+    if (
+        stored_copy is not None
+        and stored_copy.status == "duplicate"
+        and stored_copy.instance is not None
+    ):
         logger.info(
             "Received instance %d again; kept the stored copy",
             stored_copy.instance.pk,

@@ -287,10 +287,14 @@ class TestSameInstanceAtOnce:
         real_find_stored_copy = dicom_receiver.find_stored_copy
         lookups = []
 
-        def not_yet_stored(checked: CheckedFile) -> object:
+        def not_yet_stored(
+            checked: CheckedFile, restore: Callable[[str], None]
+        ) -> object:
             # The first lookup ran before the other association's commit.
             lookups.append(checked)
-            return None if len(lookups) == 1 else real_find_stored_copy(checked)
+            if len(lookups) == 1:
+                return None
+            return real_find_stored_copy(checked, restore)
 
         monkeypatch.setattr(dicom_receiver, "find_stored_copy", not_yet_stored)
         result = dicom_receiver.handle_store(self.received(twin), writer)

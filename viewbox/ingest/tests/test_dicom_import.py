@@ -223,6 +223,19 @@ class TestRejectedFiles:
         assert "SeriesInstanceUID is missing" in stderr
         assert Study.objects.count() == 0
 
+    def test_import_restores_a_missing_file(self, alice_exam, tmp_path) -> None:
+        path = write_copy(CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001")
+        run_import(path)
+        stored = Path(default_storage.path(Instance.objects.get().file))
+        stored.unlink()
+
+        stdout, _, status = run_import(path)
+
+        assert status == 0
+        assert "1 stored, 0 duplicate, 0 rejected" in stdout
+        assert stored.read_bytes() == path.read_bytes()
+        assert Instance.objects.count() == 1
+
     def test_conflicting_uid_keeps_stored_file(self, alice_exam, tmp_path) -> None:
         sop = generate_uid()
         first = write_copy(

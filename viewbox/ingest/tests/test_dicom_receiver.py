@@ -12,10 +12,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import date
+from io import StringIO
 from pathlib import Path
 
 import pydicom
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
@@ -198,6 +200,61 @@ class TestStorescu:
             "SOPInstanceUID is already stored with different content; "
             "the stored file is kept"
         )
+
+    def test_resend_restores_a_missing_file(
+        self, receiver, settings, tmp_path, caplog
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        first = dcmtk("storescu", "127.0.0.1", receiver, path)
+        [stored] = stored_files(settings)
+        stored_bytes = stored.read_bytes()
+        stored.unlink()
+
+        second = dcmtk("storescu", "127.0.0.1", receiver, path)
+
+        assert first.returncode == 0, first.stderr
+        assert second.returncode == 0, second.stderr
+        instance = Instance.objects.get()
+        assert stored_files(settings) == [stored]
+        assert stored.read_bytes() == stored_bytes
+        assert f"Restored the missing file of instance {instance.pk}" in caplog.text
+
+    def test_import_of_a_received_file_is_a_duplicate(
+        self, receiver, settings, tmp_path
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        result = dcmtk("storescu", "127.0.0.1", receiver, path)
+        stdout = StringIO()
+
+        call_command("import_dicom", str(path), stdout=stdout)
+
+        assert result.returncode == 0, result.stderr
+        assert "0 stored, 1 duplicate, 0 rejected" in stdout.getvalue()
+        assert Instance.objects.count() == 1
+        assert QuarantinedFile.objects.count() == 0
+
+    def test_resend_in_another_syntax_is_refused(
+        self, receiver, settings, tmp_path
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        first = dcmtk("storescu", "127.0.0.1", receiver, path)
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+
+        second = dcmtk("storescu", "-v", "127.0.0.1", receiver, path)
+
+        # NOTE: the same instance in another transfer syntax is taken for a
+        # conflict, because only the bytes of the data sets are compared.
+        assert first.returncode == 0, first.stderr
+        assert "Received Store Response (Error: CannotUnderstand)" in second.stderr
+        assert Instance.objects.get().transfer_syntax_uid == ExplicitVRLittleEndian
 
     def test_corrupt_file_fails_and_is_quarantined(
         self, receiver, settings, tmp_path

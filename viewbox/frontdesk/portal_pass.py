@@ -170,12 +170,13 @@ def _instructions() -> list[str]:
     return [
         _(
             "With your I-Code: open the portal address above or scan the QR "
-            "code, choose your location, then Enter I-Code. Type the I-Code and "
-            "your date of birth (for a child, the child's date of birth)."
+            "code, choose Patient Portal Login and your location, then Enter "
+            "I-Code. Type the I-Code and your date of birth (for a child, the "
+            "child's date of birth)."
         ),
         _(
-            "With an account: open the portal address, choose your location, "
-            "then Create a new account, and follow the four steps. An account "
+            "With an account: open the portal address, choose Patient Portal "
+            "Login and your location, then Create a new account, and follow the four steps. An account "
             "shows all your exams with this imaging group. Patients under 18 "
             "use the I-Code instead."
         ),

@@ -176,9 +176,9 @@ def _instructions() -> list[str]:
         ),
         _(
             "With an account: open the portal address, choose Patient Portal "
-            "Login and your location, then Create a new account, and follow the four steps. An account "
-            "shows all your exams with this imaging group. Patients under 18 "
-            "use the I-Code instead."
+            "Login and your location, then Create a new account, and follow "
+            "the four steps. An account shows all your exams with this imaging "
+            "group. Patients under 18 use the I-Code instead."
         ),
         _(
             "An I-Code works for 90 days. If it has expired, choose Code expired? "

@@ -14,6 +14,7 @@ which is longer than a crash-safe store of the file takes
 """
 
 import ctypes
+import errno
 import logging
 import os
 import socket
@@ -746,6 +747,12 @@ class StorageServer:
                 peer, _ = self.listener.accept()
             except OSError as error:
                 if self.stopping.is_set():
+                    return
+                if error.errno == errno.EINVAL:
+                    # Another receiver process that shares the listening
+                    # socket shut it down as it stopped, so no connection
+                    # can come any more.
+                    logger.info("Stopped accepting: the listening socket was shut down")
                     return
                 # Out of file descriptors or memory: a moment later some
                 # associations may have ended.

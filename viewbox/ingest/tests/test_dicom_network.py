@@ -6,6 +6,7 @@ Rejected and broken cases come first.
 """
 
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -1321,6 +1322,21 @@ class TestHostilePeers:
         assert "Could not accept a connection: [Errno 24] Too many open files" in (
             caplog.text
         )
+
+    def test_listener_shut_down_elsewhere_ends_accepting(
+        self, settings, caplog
+    ) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        settings.DICOM_CALLING_AE_TITLES = [CALLING]
+        caplog.set_level(logging.INFO, logger="viewbox.ingest.dicom_network")
+        server = start_receiver("127.0.0.1", 0, listener)
+        try:
+            # As another receiver process sharing the socket does when it stops.
+            listener.shutdown(socket.SHUT_RDWR)
+            wait_for(lambda: "Stopped accepting" in caplog.text)
+        finally:
+            server.shutdown()
+        assert "Could not accept a connection" not in caplog.text
 
     def test_new_connection_closes_the_oldest_silent_one(
         self, settings, monkeypatch

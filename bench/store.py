@@ -68,6 +68,19 @@ WORK_FOLDER: Final = Path(
 )
 
 
+def spread_new_folders(folder: Path) -> None:
+    """Have ext4 place each new folder inside folder in a block group of its own.
+
+    The "T" attribute (chattr(1)) marks folder as the top of a hierarchy for
+    ext4's Orlov allocator. Without it, a new folder usually shares its
+    parent's group, where the previous benchmark deleted 9 GB of files.
+    Creating a file there took 0.2 ms of CPU instead of 0.02 ms for more
+    than a minute. Other file systems ignore or refuse the attribute.
+    """
+    if shutil.which("chattr") is not None:
+        subprocess.run(["chattr", "+T", str(folder)], capture_output=True, check=False)
+
+
 def postgresql_url(database: str) -> str:
     return f"postgres://postgres@/{database}?host={POSTGRESQL_SOCKET_FOLDER}"
 
@@ -581,8 +594,10 @@ def main() -> None:
         f"pynetdicom {version('pynetdicom')}, {os.cpu_count()} CPUs"
     )
     WORK_FOLDER.mkdir(parents=True, exist_ok=True)
+    spread_new_folders(WORK_FOLDER)
     with tempfile.TemporaryDirectory(prefix="store-", dir=WORK_FOLDER) as name:
         root = Path(name)
+        spread_new_folders(root)
         exam = root / "exam"
         exam.mkdir()
         files = write_exam(exam, INSTANCES)

@@ -609,6 +609,25 @@ def check_dicom_file(
     )
 
 
+def _check_same_series(checked: CheckedFile, pk: int) -> None:
+    """Raise ConflictingInstanceError unless instance pk's series is the file's.
+
+    A file that takes the place of a missing one must belong to the same
+    study and patient, so that no other patient's image appears in it.
+    """
+    series = Series.objects.select_related("study").get(instances__pk=pk)
+    if (
+        series.series_instance_uid != checked.series_instance_uid
+        or series.study.study_instance_uid != checked.study_instance_uid
+        or (series.study.accession_number, series.study.patient_id)
+        != checked.study_identifiers
+    ):
+        raise ConflictingInstanceError(
+            "SOPInstanceUID is already stored in another series or study, whose "
+            "file is missing; nothing was stored"
+        )
+
+
 def find_stored_copy(
     checked: CheckedFile, restore: Callable[[str], None]
 ) -> DicomImportResult | None:
@@ -627,6 +646,7 @@ def find_stored_copy(
     pk, name, transfer_syntax_uid = row
     stored = Path(default_storage.path(name))
     if not stored.exists():
+        _check_same_series(checked, pk)
         restore(name)
         Instance.objects.filter(pk=pk).update(
             size=checked.size,

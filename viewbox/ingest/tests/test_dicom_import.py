@@ -236,6 +236,27 @@ class TestRejectedFiles:
         assert stored.read_bytes() == path.read_bytes()
         assert Instance.objects.count() == 1
 
+    def test_missing_file_is_not_restored_from_another_patient(
+        self, alice_exam, tmp_path
+    ) -> None:
+        sop = generate_uid()
+        first = write_copy(
+            CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001", sop=sop
+        )
+        run_import(first)
+        stored = Path(default_storage.path(Instance.objects.get().file))
+        stored.unlink()
+        other = write_copy(
+            CT, tmp_path / "b" / "2.dcm", "DEMO-2002", "ACC2002", sop=sop
+        )
+
+        _, stderr, status = run_import(other)
+
+        assert status == 1
+        assert "SOPInstanceUID is already stored in another series or study" in stderr
+        assert not stored.exists()
+        assert Instance.objects.get().series.study.patient_id == "DEMO-1001"
+
     def test_conflicting_uid_keeps_stored_file(self, alice_exam, tmp_path) -> None:
         sop = generate_uid()
         first = write_copy(

@@ -14,9 +14,9 @@ which is longer than a crash-safe store of the file takes
 """
 
 import ctypes
-import errno
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -57,6 +57,9 @@ _UNASSOCIATED_CONNECTIONS: Final = 16
 # Seconds that shutdown() waits for all associations to finish their request
 # before it closes their connections.
 _SHUTDOWN_WAIT_SECONDS: Final = 30.0
+# Milliseconds that the accepting thread waits for a connection before it
+# looks whether the server is stopping.
+_ACCEPT_POLL_MILLISECONDS: Final = 200
 # Seconds between two log lines about refused connections or accept errors.
 _LOG_INTERVAL_SECONDS: Final = 60.0
 
@@ -704,6 +707,11 @@ class StorageServer:
         # Receiver processes forked from one parent share its listener, and
         # the kernel hands each connection to one of them.
         self.listener = listener or socket.create_server(address, backlog=64)
+        # The accepting thread polls, so that shutdown() need not shut the
+        # socket down, which would stop the other processes accepting too. A
+        # connection that another process takes first then fails accept()
+        # with BlockingIOError instead of blocking.
+        self.listener.setblocking(False)
         self.server_address = self.listener.getsockname()
         self._accepting = threading.Thread(
             target=self._accept, name="dicom-receiver-accept", daemon=True
@@ -716,13 +724,8 @@ class StorageServer:
     def shutdown(self) -> None:
         """Stop accepting, let associations finish their request, then end."""
         self.stopping.set()
-        # shutdown() wakes the accept() call, which close() alone does not.
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
         self._accepting.join()
+        self.listener.close()
         with self._lock:
             associations = list(self._associations)
             threads = list(self._threads)
@@ -742,17 +745,17 @@ class StorageServer:
             self.on_stop()
 
     def _accept(self) -> None:
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
         while not self.stopping.is_set():
+            if not poller.poll(_ACCEPT_POLL_MILLISECONDS):
+                continue
             try:
                 peer, _ = self.listener.accept()
+            except BlockingIOError:
+                continue  # Another receiver process took the connection.
             except OSError as error:
                 if self.stopping.is_set():
-                    return
-                if error.errno == errno.EINVAL:
-                    # Another receiver process that shares the listening
-                    # socket shut it down as it stopped, so no connection
-                    # can come any more.
-                    logger.info("Stopped accepting: the listening socket was shut down")
                     return
                 # Out of file descriptors or memory: a moment later some
                 # associations may have ended.

@@ -6,7 +6,6 @@ Rejected and broken cases come first.
 """
 
 import fcntl
-import logging
 import os
 import shutil
 import signal
@@ -1266,14 +1265,19 @@ class TestReceiverProcesses:
         assert stored == set(sent)
         assert staging_folders(data / "media" / "incoming") == []
 
-    def test_process_killed_at_start_is_replaced(self, tmp_path) -> None:
+    @pytest.mark.parametrize(
+        ("stop_signal", "status"), [(signal.SIGKILL, -9), (signal.SIGTERM, 0)]
+    )
+    def test_process_stopped_at_start_is_replaced(
+        self, tmp_path, stop_signal, status
+    ) -> None:
         data = tmp_path / "data"
         data.mkdir()
         environment = receiver_environment(data)
         with receiver_command(data, environment, 1) as (receiver, port, log):
             wait_for(lambda: len(children_of(receiver.pid)) == 1, 10)
             [child] = children_of(receiver.pid)
-            os.kill(child, signal.SIGKILL)
+            os.kill(child, stop_signal)
 
             wait_for(lambda: children_of(receiver.pid) not in ([], [child]), 10)
             echo = subprocess.run(
@@ -1284,7 +1288,9 @@ class TestReceiverProcesses:
             )
             assert receiver.poll() is None, log.read_text()
             assert echo.returncode == 0, echo.stderr
-            assert b"ended with status -9; starting another" in log.read_bytes()
+            assert f"ended with status {status}; starting another".encode() in (
+                log.read_bytes()
+            )
 
 
 # Hostile and broken peers that a fresh tester found.
@@ -1323,19 +1329,18 @@ class TestHostilePeers:
             caplog.text
         )
 
-    def test_listener_shut_down_elsewhere_ends_accepting(
-        self, settings, caplog
-    ) -> None:
+    def test_stopped_server_leaves_the_shared_listener(self, settings, caplog) -> None:
         listener = socket.create_server(("127.0.0.1", 0))
         settings.DICOM_CALLING_AE_TITLES = [CALLING]
-        caplog.set_level(logging.INFO, logger="viewbox.ingest.dicom_network")
-        server = start_receiver("127.0.0.1", 0, listener)
+        # As two receiver processes that share the socket of their parent.
+        first = start_receiver("127.0.0.1", 0, listener)
+        second = start_receiver("127.0.0.1", 0, listener.dup())
         try:
-            # As another receiver process sharing the socket does when it stops.
-            listener.shutdown(socket.SHUT_RDWR)
-            wait_for(lambda: "Stopped accepting" in caplog.text)
+            first.shutdown()
+            for _ in range(3):
+                assert_echo_answered(second)
         finally:
-            server.shutdown()
+            second.shutdown()
         assert "Could not accept a connection" not in caplog.text
 
     def test_new_connection_closes_the_oldest_silent_one(

@@ -15,10 +15,11 @@ from viewbox.ingest.dicom_receiver import start_receiver
 
 logger = logging.getLogger(__name__)
 
-# Seconds after its start within which a receiver process that exits by
-# itself is not started again: it failed to start, and would fail again. One
-# killed by a signal is started again, after _RESTART_PAUSE_SECONDS when it
-# was killed that soon, so that a crash at start does not loop at full speed.
+# Seconds after its start within which a receiver process that fails (exit
+# status above 0) is not started again: it failed to start, and would fail
+# again. One that was stopped or killed by a signal is started again, after
+# _RESTART_PAUSE_SECONDS when it ended that soon, so that a crash at start
+# does not loop at full speed.
 _QUICK_EXIT_SECONDS = 10.0
 _RESTART_PAUSE_SECONDS = 1.0
 
@@ -163,7 +164,7 @@ class Command(BaseCommand):
                 continue
             code = os.waitstatus_to_exitcode(status)
             quick = time.monotonic() - started < _QUICK_EXIT_SECONDS
-            if quick and code >= 0:
+            if quick and code > 0:
                 logger.error(
                     "DICOM receiver process %d ended with status %d right after "
                     "it started; stopping the others",

@@ -340,22 +340,40 @@ def _check_value_lengths(ds: FileDataset, size: int) -> None:
             )
 
 
-# The preamble, "DICM" and (0002,0000) File Meta Information Group Length,
-# UL, in explicit VR little endian (PS3.10 section 7.1).
-_GROUP_LENGTH_START: Final = b"DICM\x02\x00\x00\x00UL\x04\x00"
-_GROUP_LENGTH: Final = struct.Struct("<L")
+# File Meta Information elements are explicit VR little endian (PS3.10
+# section 7.1). These VRs have a 4-byte length after 2 reserved bytes.
+_META_ELEMENT_HEADER: Final = struct.Struct("<HH2sH")
+_META_LONG_LENGTH: Final = struct.Struct("<L")
+_LONG_LENGTH_VRS: Final = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 
 
 def _data_set_offset(stream: BinaryIO) -> int:
     """Return where the data set starts: after the File Meta Information.
 
-    Returns 0 for a file without a group length (0002,0000), so that it is
-    compared whole.
+    The elements of group 0002 are walked one by one, because a group
+    length (0002,0000) is not always there. Returns 0 for a file without
+    the "DICM" prefix, so that it is compared whole.
     """
-    head = stream.read(144)
-    if len(head) == 144 and head[128:140] == _GROUP_LENGTH_START:
-        return 144 + _GROUP_LENGTH.unpack_from(head, 140)[0]
-    return 0
+    stream.seek(128)
+    if stream.read(4) != b"DICM":
+        return 0
+    offset = 132
+    while True:
+        header = stream.read(_META_ELEMENT_HEADER.size)
+        if len(header) < _META_ELEMENT_HEADER.size:
+            return offset
+        group, _, vr, length = _META_ELEMENT_HEADER.unpack(header)
+        if group != 0x0002:
+            return offset
+        offset += _META_ELEMENT_HEADER.size
+        if vr in _LONG_LENGTH_VRS:
+            long_length = stream.read(_META_LONG_LENGTH.size)
+            if len(long_length) < _META_LONG_LENGTH.size:
+                return offset
+            (length,) = _META_LONG_LENGTH.unpack(long_length)
+            offset += _META_LONG_LENGTH.size
+        offset += length
+        stream.seek(offset)
 
 
 def _same_data_set(first: Path, second: Path) -> bool:
@@ -647,15 +665,20 @@ def find_stored_copy(
     stored = Path(default_storage.path(name))
     if not stored.exists():
         _check_same_series(checked, pk)
-        restore(name)
-        Instance.objects.filter(pk=pk).update(
-            size=checked.size,
-            transfer_syntax_uid=str(checked.dataset.file_meta.TransferSyntaxUID),
-        )
-        logger.warning(
-            "Restored the missing file of instance %d from a copy received again", pk
-        )
-        return DicomImportResult("stored", instance=Instance.objects.get(pk=pk))
+        try:
+            restore(name)
+        except FileExistsError:
+            pass  # Another copy of the instance restored it meanwhile.
+        else:
+            Instance.objects.filter(pk=pk).update(
+                size=checked.size,
+                transfer_syntax_uid=str(checked.dataset.file_meta.TransferSyntaxUID),
+            )
+            logger.warning(
+                "Restored the missing file of instance %d from a copy received again",
+                pk,
+            )
+            return DicomImportResult("stored", instance=Instance.objects.get(pk=pk))
     if transfer_syntax_uid == checked.dataset.file_meta.TransferSyntaxUID and (
         _same_data_set(stored, checked.path)
     ):

@@ -236,6 +236,22 @@ class TestRejectedFiles:
         assert stored.read_bytes() == path.read_bytes()
         assert Instance.objects.count() == 1
 
+    def test_file_restored_meanwhile_is_a_duplicate(self, alice_exam, tmp_path) -> None:
+        path = write_copy(CT, tmp_path / "a" / "1.dcm", "DEMO-1001", "ACC1001")
+        run_import(path)
+        stored = Path(default_storage.path(Instance.objects.get().file))
+        stored.unlink()
+
+        def restored_by_another(name: str) -> None:
+            stored.write_bytes(path.read_bytes())
+            raise FileExistsError(name)
+
+        checked = dicom_import.check_dicom_file(path)
+        result = dicom_import.find_stored_copy(checked, restored_by_another)
+
+        assert result is not None
+        assert result.status == "duplicate"
+
     def test_missing_file_is_not_restored_from_another_patient(
         self, alice_exam, tmp_path
     ) -> None:

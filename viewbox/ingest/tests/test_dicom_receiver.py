@@ -237,6 +237,24 @@ class TestStorescu:
         assert Instance.objects.count() == 1
         assert QuarantinedFile.objects.count() == 0
 
+    def test_import_without_meta_group_length_is_a_duplicate(
+        self, receiver, settings, tmp_path
+    ) -> None:
+        path = write_copy(
+            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+        )
+        data = path.read_bytes()
+        # (0002,0000) UL, 4 bytes long, is the first element after "DICM".
+        assert data[132:138] == b"\x02\x00\x00\x00UL"
+        path.write_bytes(data[:132] + data[144:])
+        result = dcmtk("storescu", "127.0.0.1", receiver, path)
+        stdout = StringIO()
+
+        call_command("import_dicom", str(path), stdout=stdout)
+
+        assert result.returncode == 0, result.stderr
+        assert "0 stored, 1 duplicate, 0 rejected" in stdout.getvalue()
+
     def test_resend_in_another_syntax_is_refused(
         self, receiver, settings, tmp_path
     ) -> None:

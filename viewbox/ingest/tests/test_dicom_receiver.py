@@ -100,15 +100,20 @@ def stored_files(settings) -> list[Path]:
     )
 
 
+def ct_copy(tmp_path: Path) -> Path:
+    """Write a CT slice of Alice's exam (DEMO-1001, ACC1001) with fresh UIDs."""
+    return write_copy(
+        DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
+    )
+
+
 def pixel_data(path: Path) -> bytes:
     return pydicom.dcmread(path).PixelData
 
 
 class TestAssociation:
     def test_unknown_calling_ae_is_rejected(self, receiver, tmp_path) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         result = dcmtk(
             "storescu",
             "-aet",
@@ -139,9 +144,7 @@ class TestStorescu:
     def test_ct_is_stored_and_matched(
         self, receiver, alice_exam, settings, tmp_path
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         result = dcmtk("storescu", "127.0.0.1", receiver, path)
         assert result.returncode == 0, result.stderr
         instance = Instance.objects.get()
@@ -164,9 +167,7 @@ class TestStorescu:
         assert pixel_data(stored_files(settings)[0]) == pixel_data(path)
 
     def test_resend_is_stored_once(self, receiver, settings, tmp_path) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         first = dcmtk("storescu", "127.0.0.1", receiver, path)
         second = dcmtk("storescu", "127.0.0.1", receiver, path)
         assert first.returncode == 0, first.stderr
@@ -177,9 +178,7 @@ class TestStorescu:
     def test_resend_with_other_pixels_is_refused(
         self, receiver, settings, tmp_path
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         first = dcmtk("storescu", "127.0.0.1", receiver, path)
         [stored] = stored_files(settings)
         kept_bytes = stored.read_bytes()
@@ -204,9 +203,7 @@ class TestStorescu:
     def test_resend_restores_a_missing_file(
         self, receiver, settings, tmp_path, caplog
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         first = dcmtk("storescu", "127.0.0.1", receiver, path)
         [stored] = stored_files(settings)
         stored_bytes = stored.read_bytes()
@@ -224,9 +221,7 @@ class TestStorescu:
     def test_import_of_a_received_file_is_a_duplicate(
         self, receiver, settings, tmp_path
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         result = dcmtk("storescu", "127.0.0.1", receiver, path)
         stdout = StringIO()
 
@@ -240,9 +235,7 @@ class TestStorescu:
     def test_import_without_meta_group_length_is_a_duplicate(
         self, receiver, settings, tmp_path
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         data = path.read_bytes()
         # (0002,0000) UL, 4 bytes long, is the first element after "DICM".
         assert data[132:138] == b"\x02\x00\x00\x00UL"
@@ -258,9 +251,7 @@ class TestStorescu:
     def test_resend_in_another_syntax_is_refused(
         self, receiver, settings, tmp_path
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         first = dcmtk("storescu", "127.0.0.1", receiver, path)
         ds = pydicom.dcmread(path)
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
@@ -277,9 +268,7 @@ class TestStorescu:
     def test_corrupt_file_fails_and_is_quarantined(
         self, receiver, settings, tmp_path
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         ds = pydicom.dcmread(path)
         ds.Rows = 1024  # the pixel data now contains half the rows
         ds.save_as(path)
@@ -301,9 +290,7 @@ class TestStorescu:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(dicom_import, "_fsync_path", full_disk)
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         result = dcmtk("storescu", "-v", "127.0.0.1", receiver, path)
         assert "Received Store Response (Refused: OutOfResources)" in result.stderr
         assert Instance.objects.count() == 0
@@ -318,9 +305,7 @@ class TestStorescu:
     def test_database_failure_log_quotes_no_uid(
         self, receiver, monkeypatch, tmp_path, caplog
     ) -> None:
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         uid = pydicom.dcmread(path).SOPInstanceUID
 
         def failing_insert(instance: Instance) -> None:
@@ -394,9 +379,7 @@ class TestAnnouncedUids:
     ) -> None:
         # dcmtk announces the UIDs of the data set itself; pynetdicom sending
         # a file announces those of its File Meta Information instead.
-        path = write_copy(
-            DATA / "693_UNCR.dcm", tmp_path / "ct.dcm", "DEMO-1001", "ACC1001"
-        )
+        path = ct_copy(tmp_path)
         ds = pydicom.dcmread(path)
         announced = pydicom.uid.generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = announced

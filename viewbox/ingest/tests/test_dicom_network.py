@@ -1212,8 +1212,21 @@ def receiver_command(
         yield receiver, port, log
     finally:
         if receiver.poll() is None:
-            receiver.kill()
-            receiver.wait()
+            receiver.terminate()
+            try:
+                receiver.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                receiver.kill()
+                receiver.wait()
+
+
+def is_running(pid: int) -> bool:
+    """Return whether process pid exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
 
 
 class TestReceiverProcesses:
@@ -1291,6 +1304,21 @@ class TestReceiverProcesses:
             assert f"ended with status {status}; starting another".encode() in (
                 log.read_bytes()
             )
+
+    def test_killed_parent_takes_its_processes_along(self, tmp_path) -> None:
+        data = tmp_path / "data"
+        data.mkdir()
+        environment = receiver_environment(data)
+        with receiver_command(data, environment, 2) as (receiver, port, _):
+            wait_for(lambda: len(children_of(receiver.pid)) == 2, 10)
+            children = children_of(receiver.pid)
+
+            receiver.kill()
+            receiver.wait()
+
+            wait_for(lambda: not any(map(is_running, children)), 10)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 # Hostile and broken peers that a fresh tester found.

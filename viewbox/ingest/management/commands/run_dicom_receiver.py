@@ -1,3 +1,4 @@
+import ctypes
 import logging
 import os
 import signal
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 # does not loop at full speed.
 _QUICK_EXIT_SECONDS = 10.0
 _RESTART_PAUSE_SECONDS = 1.0
+# prctl(2) option that names the signal sent when the parent process ends.
+_PR_SET_PDEATHSIG = 1
 
 
 def _usable_cpus() -> int:
@@ -34,6 +37,19 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _stop_with_parent() -> None:
+    """Have Linux send this process SIGTERM when its parent ends.
+
+    A parent killed with SIGKILL cannot stop its children, which would go on
+    serving the port unsupervised and keep a new receiver from binding it.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return  # Not Linux: the children outlive a killed parent.
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Command(BaseCommand):
@@ -189,11 +205,15 @@ class Command(BaseCommand):
             raise CommandError("A DICOM receiver process ended unexpectedly")
 
     def _fork_child(self, listener: socket.socket) -> int:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             # The parent's handlers would signal the other children.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stop_with_parent()
+            if os.getppid() != parent:
+                os._exit(0)  # The parent died before the line above ran.
             self._run_child(listener)
         return pid
 

@@ -283,9 +283,6 @@ def read_header(path: Path, size: int) -> FileDataset:
 # the receiver accepts except Implicit VR Little Endian and Deflated.
 _DEFLATED: Final = "1.2.840.10008.1.2.1.99"
 _NOT_EXPLICIT_VR: Final = frozenset({"1.2.840.10008.1.2", _DEFLATED})
-# Preamble, "DICM" and the (0002,0000) element before the File Meta
-# Information that its value counts (PS3.10 section 7.1).
-_META_START: Final = 128 + 4 + 12
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
 
@@ -295,12 +292,10 @@ def _check_encoding(stream: BinaryIO, ds: FileDataset) -> None:
     pydicom reads such a data set anyway, guessing its encoding, and other
     readers (dcmtk's) then cannot.
     """
-    file_meta = getattr(ds, "file_meta", {})
-    syntax = str(file_meta.get("TransferSyntaxUID", ""))
-    meta_length = file_meta.get("FileMetaInformationGroupLength")
-    if not syntax or syntax in _NOT_EXPLICIT_VR or not isinstance(meta_length, int):
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    if not syntax or syntax in _NOT_EXPLICIT_VR:
         return
-    stream.seek(_META_START + meta_length)
+    stream.seek(_data_set_offset(stream))
     first_element = stream.read(6)
     value_representation = first_element[4:6]
     if len(first_element) == 6 and not (
@@ -340,8 +335,10 @@ def _check_value_lengths(ds: FileDataset, size: int) -> None:
             )
 
 
-# File Meta Information elements are explicit VR little endian (PS3.10
-# section 7.1). These VRs have a 4-byte length after 2 reserved bytes.
+# A DICOM file starts with a 128-byte preamble and "DICM". Its File Meta
+# Information elements follow, in explicit VR little endian (PS3.10 section
+# 7.1). The VRs listed have a 4-byte length after 2 reserved bytes.
+_PREAMBLE_LENGTH: Final = 128
 _META_ELEMENT_HEADER: Final = struct.Struct("<HH2sH")
 _META_LONG_LENGTH: Final = struct.Struct("<L")
 _LONG_LENGTH_VRS: Final = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
@@ -352,12 +349,12 @@ def _data_set_offset(stream: BinaryIO) -> int:
 
     The elements of group 0002 are walked one by one, because a group
     length (0002,0000) is not always there. Returns 0 for a file without
-    the "DICM" prefix, so that it is compared whole.
+    the "DICM" prefix.
     """
-    stream.seek(128)
+    stream.seek(_PREAMBLE_LENGTH)
     if stream.read(4) != b"DICM":
         return 0
-    offset = 132
+    offset = _PREAMBLE_LENGTH + 4
     while True:
         header = stream.read(_META_ELEMENT_HEADER.size)
         if len(header) < _META_ELEMENT_HEADER.size:
@@ -384,9 +381,9 @@ def _same_data_set(first: Path, second: Path) -> bool:
     from a disc has the sender's.
     """
     with first.open("rb") as one, second.open("rb") as other:
-        one.seek(_data_set_offset(one))
-        other.seek(_data_set_offset(other))
-        if first.stat().st_size - one.tell() != second.stat().st_size - other.tell():
+        one_size = os.fstat(one.fileno()).st_size - _data_set_offset(one)
+        other_size = os.fstat(other.fileno()).st_size - _data_set_offset(other)
+        if one_size != other_size:
             return False
         while True:
             block = one.read(1 << 20)
@@ -642,8 +639,30 @@ def _check_same_series(checked: CheckedFile, pk: int) -> None:
     ):
         raise ConflictingInstanceError(
             "SOPInstanceUID is already stored in another series or study, whose "
-            "file is missing; nothing was stored"
+            "file is missing, so nothing was stored"
         )
+
+
+def _restore_missing_file(
+    checked: CheckedFile, pk: int, name: str, restore: Callable[[str], None]
+) -> bool:
+    """Place the checked file at the name of instance pk, whose file is missing.
+
+    Returns False when another copy of the instance restored it meanwhile.
+    """
+    _check_same_series(checked, pk)
+    try:
+        restore(name)
+    except FileExistsError:
+        return False
+    Instance.objects.filter(pk=pk).update(
+        size=checked.size,
+        transfer_syntax_uid=str(checked.dataset.file_meta.TransferSyntaxUID),
+    )
+    logger.warning(
+        "Restored the missing file of instance %d from a copy received again", pk
+    )
+    return True
 
 
 def find_stored_copy(
@@ -663,22 +682,8 @@ def find_stored_copy(
         return None
     pk, name, transfer_syntax_uid = row
     stored = Path(default_storage.path(name))
-    if not stored.exists():
-        _check_same_series(checked, pk)
-        try:
-            restore(name)
-        except FileExistsError:
-            pass  # Another copy of the instance restored it meanwhile.
-        else:
-            Instance.objects.filter(pk=pk).update(
-                size=checked.size,
-                transfer_syntax_uid=str(checked.dataset.file_meta.TransferSyntaxUID),
-            )
-            logger.warning(
-                "Restored the missing file of instance %d from a copy received again",
-                pk,
-            )
-            return DicomImportResult("stored", instance=Instance.objects.get(pk=pk))
+    if not stored.exists() and _restore_missing_file(checked, pk, name, restore):
+        return DicomImportResult("stored", instance=Instance.objects.get(pk=pk))
     if transfer_syntax_uid == checked.dataset.file_meta.TransferSyntaxUID and (
         _same_data_set(stored, checked.path)
     ):

@@ -27,6 +27,7 @@ per association.
 """
 
 import contextlib
+import functools
 import logging
 import re
 import socket
@@ -246,10 +247,7 @@ def handle_store(received: ReceivedDataSet, writer: DatabaseWriter) -> StoreResu
     drop_broken_connection()
     try:
         checked = check_dicom_file(path, announced)
-
-        def restore(name: str) -> None:
-            link_durably(checked.path, name)
-
+        restore = functools.partial(link_durably, checked.path)
         stored_copy = find_stored_copy(checked, restore)
         if stored_copy is None:
             try:

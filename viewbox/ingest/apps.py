@@ -23,7 +23,7 @@ class IngestConfig(AppConfig):
         logging.getLogger("pydicom").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
-        # A deleted quarantine row takes its file along: it may hold patient
+        # A deleted quarantine row takes its file along: it may contain patient
         # data.
         from viewbox.ingest.models import QuarantinedFile
         from viewbox.ingest.quarantine import remove_quarantined_file

@@ -22,8 +22,8 @@ The arrival of a study is audited once per association, with its first
 instance, and again when the study gets its exam. An entry per instance
 took a fifth of the receiver's Python time, and the audit chain's lock
 that each entry holds until its commit made receiver processes on
-PostgreSQL take turns. The log line of an unmatched study also comes once
-per association.
+PostgreSQL take turns. An unmatched study is also logged once per
+association.
 """
 
 import contextlib

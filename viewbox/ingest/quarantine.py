@@ -38,7 +38,7 @@ def quarantine_file(
 def remove_quarantined_file(instance: QuarantinedFile, **kwargs: object) -> None:
     """Delete a quarantined row's file once the deletion of the row commits.
 
-    The file may hold patient data, so it goes with its row. Only files
+    The file may contain patient data, so it goes with its row. Only files
     inside QUARANTINE_DIR are removed.
     """
     folder = Path(settings.QUARANTINE_DIR).resolve()

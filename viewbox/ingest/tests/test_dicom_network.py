@@ -1193,7 +1193,7 @@ def receiver_environment(data: Path) -> dict[str, str]:
 def receiver_command(
     data: Path, environment: dict[str, str], processes: int
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """Run manage.py run_dicom_receiver until it listens; kill it at the end."""
+    """Start manage.py run_dicom_receiver, wait until it listens, and stop it after."""
     port = free_loopback_port()
     log = data / "receiver.log"
     with log.open("wb") as output:

@@ -175,7 +175,7 @@ class TestStorescu:
         assert Instance.objects.count() == 1
         assert len(stored_files(settings)) == 1
 
-    def test_resend_with_other_pixels_is_refused(
+    def test_resend_with_other_pixels_is_rejected(
         self, receiver, settings, tmp_path
     ) -> None:
         path = ct_copy(tmp_path)
@@ -248,7 +248,7 @@ class TestStorescu:
         assert result.returncode == 0, result.stderr
         assert "0 stored, 1 duplicate, 0 rejected" in stdout.getvalue()
 
-    def test_resend_in_another_syntax_is_refused(
+    def test_resend_in_another_syntax_is_rejected(
         self, receiver, settings, tmp_path
     ) -> None:
         path = ct_copy(tmp_path)

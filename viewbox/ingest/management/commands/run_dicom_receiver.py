@@ -213,7 +213,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _stop_with_parent()
             if os.getppid() != parent:
-                os._exit(0)  # The parent died before the line above ran.
+                os._exit(0)  # The parent died before prctl() took effect.
             self._run_child(listener)
         return pid
 

@@ -122,7 +122,7 @@ def _uid(ds: FileDataset, keyword: str) -> str:
     value = str(ds.get(keyword, "") or "").strip()
     if not value:
         raise UnusableDicomError(f"{keyword} is missing")
-    if len(value) > 64 or not _UID.match(value):
+    if not _is_uid(value):
         # The value is left out: a sender may have put a name in the field.
         raise UnusableDicomError(
             f"{keyword} is not a valid UID: {len(value)} characters that are not "
@@ -131,12 +131,16 @@ def _uid(ds: FileDataset, keyword: str) -> str:
     return value
 
 
+def _is_uid(value: str) -> bool:
+    return len(value) <= 64 and bool(_UID.match(value))
+
+
 def quoted_uid(value: str) -> str:
     """Return a UID quoted for a message, or a placeholder when it is not a UID.
 
     A field that is not a UID may contain anything, a patient's name included.
     """
-    if len(value) <= 64 and _UID.match(value):
+    if _is_uid(value):
         return repr(value)
     return "(not a valid UID)"
 
@@ -292,7 +296,9 @@ def _check_encoding(stream: BinaryIO, ds: FileDataset) -> None:
     pydicom reads such a data set anyway, guessing its encoding, and other
     readers (dcmtk's) then cannot.
     """
+    # UIDs are padded to an even length with NUL (PS3.5 section 9.1).
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    syntax = syntax.rstrip("\x00 ")
     if not syntax or syntax in _NOT_EXPLICIT_VR:
         return
     stream.seek(_data_set_offset(stream))
@@ -302,8 +308,8 @@ def _check_encoding(stream: BinaryIO, ds: FileDataset) -> None:
         value_representation.isalpha() and value_representation.isupper()
     ):
         raise UnusableDicomError(
-            f"the data set is not encoded in Explicit VR as Transfer Syntax UID "
-            f"{syntax} says"
+            "the data set is not encoded in Explicit VR as Transfer Syntax UID "
+            f"{syntax if _is_uid(syntax) else '(not a valid UID)'} says"
         )
 
 

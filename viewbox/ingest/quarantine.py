@@ -30,8 +30,12 @@ def quarantine_file(
             shutil.copyfile(path, target)
     else:
         shutil.copyfile(path, target)
+    # PostgreSQL rejects NUL in text, and a reason may quote a damaged value.
     return QuarantinedFile.objects.create(
-        kind=kind, original_name=path.name[:255], path=str(target), reason=reason
+        kind=kind,
+        original_name=path.name[:255],
+        path=str(target),
+        reason=reason.replace("\x00", ""),
     )
 
 

@@ -65,3 +65,16 @@ class TestDeletion:
 
         assert len(callbacks) == 1
         assert Path(row.path).exists()
+
+
+class TestReason:
+    def test_nul_in_reason_is_dropped(self, tmp_path) -> None:
+        source = tmp_path / "a.dcm"
+        source.write_bytes(b"DICM")
+
+        row = quarantine_file(
+            source, QuarantinedFile.Kind.DICOM, "UID 1.2\x00 says", move=True
+        )
+
+        row.refresh_from_db()
+        assert row.reason == "UID 1.2 says"

@@ -539,17 +539,24 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         _fsync_path(folder)
 
 
-def link_durably(source: Path, name: str) -> None:
+def link_durably(
+    source: Path, name: str, wait_for_fsync: Callable[[], None] | None = None
+) -> None:
     """Give source a second name in the default storage, on disk before returning.
 
     Source is fsynced first, and the folders are fsynced after the link, so
     that after a crash the new name has the whole file or does not exist.
+    A caller that fsyncs source in another thread passes ``wait_for_fsync``,
+    which returns once that fsync succeeded and raises OSError if it failed.
     The source keeps its name. The caller removes the new name when this
     raises, or when it cannot commit the row that the name belongs to.
     """
     target = Path(default_storage.path(name))
     new_folders = _make_folders(target.parent)
-    _fsync_file(source)
+    if wait_for_fsync is None:
+        _fsync_file(source)
+    else:
+        wait_for_fsync()
     os.link(source, target)
     try:
         # The folder that contains the new name, and the parent of each new folder.

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from viewbox.ingest.dicom_import import (
     study_and_series_for,
 )
 from viewbox.ingest.dicom_network import (
+    STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     ReceivedDataSet,
     StoreResult,
@@ -52,6 +54,25 @@ def writer() -> Iterator[DatabaseWriter]:
         yield writer
     finally:
         writer.stop()
+
+
+@pytest.fixture
+def syncing() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def received(path: Path) -> ReceivedDataSet:
+    """Return a staged file as the network layer hands it to the receiver."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return ReceivedDataSet(
+        path=path,
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        calling_ae_title="STORESCU",
+        size=path.stat().st_size,
+    )
 
 
 def create_study(uid: str) -> Callable[[], Study]:
@@ -222,6 +243,54 @@ class TestLinkedFile:
         assert path.stat().st_nlink == 1
 
 
+class TestBackgroundFsync:
+    def test_failed_fsync_stores_nothing(
+        self, writer, syncing, tmp_path, monkeypatch
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+        staged = path.stat().st_ino
+        real_fsync = os.fsync
+
+        def fail_on_staged_file(descriptor: int) -> None:
+            if os.fstat(descriptor).st_ino == staged:
+                raise OSError(5, "Input/output error")
+            real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", fail_on_staged_file)
+        result = dicom_receiver.handle_store(received(path), writer, syncing)
+
+        assert result.status == STATUS_OUT_OF_RESOURCES
+        assert Instance.objects.count() == 0
+        assert stored_dicom_files() == []
+        assert path.stat().st_nlink == 1
+
+    def test_final_name_waits_for_the_fsync(
+        self, writer, syncing, tmp_path, monkeypatch
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+        staged = path.stat().st_ino
+        steps = []
+        real_fsync, real_link = os.fsync, os.link
+
+        def slow_fsync(descriptor: int) -> None:
+            if os.fstat(descriptor).st_ino == staged:
+                time.sleep(0.2)  # The check of the header ends first.
+                steps.append("fsync")
+            real_fsync(descriptor)
+
+        def link(source: Path, target: Path) -> None:
+            steps.append("link")
+            real_link(source, target)
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        monkeypatch.setattr(os, "link", link)
+        result = dicom_receiver.handle_store(received(path), writer, syncing)
+
+        assert result == StoreResult(STATUS_SUCCESS)
+        assert steps == ["fsync", "link"]
+        assert Instance.objects.count() == 1
+
+
 @pytest.fixture
 def queued_previews() -> Iterator[list[list[int]]]:
     """Collect the instance ids of each render_previews_of_instances task queued.
@@ -266,19 +335,8 @@ class TestPreviewTasks:
 
 
 class TestSameInstanceAtOnce:
-    def received(self, path: Path) -> ReceivedDataSet:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return ReceivedDataSet(
-            path=path,
-            sop_class_uid=ds.SOPClassUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-            calling_ae_title="STORESCU",
-            size=path.stat().st_size,
-        )
-
     def test_copy_stored_meanwhile_is_a_duplicate(
-        self, writer, tmp_path, monkeypatch
+        self, writer, syncing, tmp_path, monkeypatch
     ) -> None:
         [path] = write_series(tmp_path, 1)
         twin = path.with_name(f"{uuid.uuid4().hex}.dcm")
@@ -297,7 +355,7 @@ class TestSameInstanceAtOnce:
             return real_find_stored_copy(checked, restore)
 
         monkeypatch.setattr(dicom_receiver, "find_stored_copy", not_yet_stored)
-        result = dicom_receiver.handle_store(self.received(twin), writer)
+        result = dicom_receiver.handle_store(received(twin), writer, syncing)
 
         assert result == StoreResult(STATUS_SUCCESS)
         assert len(lookups) == 2

@@ -539,35 +539,40 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
         _fsync_path(folder)
 
 
-def link_durably(
-    source: Path, name: str, wait_for_fsync: Callable[[], None] | None = None
-) -> None:
+def link_durably(source: Path, name: str) -> None:
     """Give source a second name in the default storage, on disk before returning.
 
     Source is fsynced first, and the folders are fsynced after the link, so
     that after a crash the new name has the whole file or does not exist.
-    A caller that fsyncs source in another thread passes ``wait_for_fsync``,
-    which returns once that fsync succeeded and raises OSError if it failed.
     The source keeps its name. The caller removes the new name when this
     raises, or when it cannot commit the row that the name belongs to.
     """
+    _fsync_file(source)
+    folders = link_into_storage(source, name)
+    try:
+        fsync_folders(folders)
+    except BaseException:
+        Path(default_storage.path(name)).unlink(missing_ok=True)
+        raise
+
+
+def link_into_storage(source: Path, name: str) -> list[Path]:
+    """Give source a second name in the default storage; return the folders to fsync.
+
+    The folders are the one that contains the new name and the parent of
+    each folder created for it. Until they and source are fsynced, a crash
+    may lose the new name or leave part of the file under it.
+    """
     target = Path(default_storage.path(name))
     new_folders = _make_folders(target.parent)
-    if wait_for_fsync is None:
-        _fsync_file(source)
-    else:
-        wait_for_fsync()
     os.link(source, target)
-    try:
-        # The folder that contains the new name, and the parent of each new folder.
-        for folder in [
-            target.parent,
-            *(folder.parent for folder in reversed(new_folders)),
-        ]:
-            _fsync_path(folder)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
+    return [target.parent, *(folder.parent for folder in reversed(new_folders))]
+
+
+def fsync_folders(folders: list[Path]) -> None:
+    """Fsync each folder, in the order given."""
+    for folder in folders:
+        _fsync_path(folder)
 
 
 def _check_announced_uids(
@@ -774,7 +779,7 @@ def new_instance(
     series: Series,
     public_id: uuid.UUID | None = None,
 ) -> Instance:
-    """Return the unsaved row of a checked file, named in the series' folder."""
+    """Return the unsaved row of a checked file, named by ``instance_file_name``."""
     ds = checked.dataset
     has_pixels = _PIXEL_DATA in ds
     instance = Instance(
@@ -789,15 +794,37 @@ def new_instance(
         number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
         size=checked.size,
     )
-    # File names come from internal ids, never from tag values.
-    instance.file = f"dicom/{study.pk}/{series.pk}/{instance.public_id.hex}.dcm"
+    instance.file = instance_file_name(instance.public_id)
     return instance
+
+
+def create_instance_folders() -> None:
+    """Create the folders of ``instance_file_name`` that are missing, on disk.
+
+    A receiver creates them as it starts, so that placing a file does not
+    create a folder and fsync its parent.
+    """
+    created = []
+    for prefix in range(256):
+        created += _make_folders(Path(default_storage.path(f"dicom/{prefix:02x}")))
+    fsync_folders(sorted({folder.parent for folder in created}, key=str, reverse=True))
+
+
+def instance_file_name(public_id: uuid.UUID) -> str:
+    """Return the storage name of an instance's file, made of its public id alone.
+
+    Names come from internal ids, never from tag values. The receiver can
+    then place a file before its header is read, and a receiver that starts
+    after a crash finds a file's final name from its staging name. The 256
+    folders keep each one small.
+    """
+    return f"dicom/{public_id.hex[:2]}/{public_id.hex}.dcm"
 
 
 def place_file(
     checked: CheckedFile, study: Study, series: Series, *, move: bool
 ) -> Instance:
-    """Store the file durably in the series' folder; return its unsaved row."""
+    """Store the file durably under its final name; return its unsaved row."""
     instance = new_instance(checked, study, series)
     _store_durably(checked.path, instance.file, move=move)
     return instance

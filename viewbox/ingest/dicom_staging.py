@@ -20,7 +20,7 @@ from typing import Final
 
 from django.core.files.storage import default_storage
 
-from viewbox.ingest.dicom_import import check_dicom_file, new_instance
+from viewbox.ingest.dicom_import import check_dicom_file, instance_file_name
 from viewbox.records.models import Instance, Series
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,19 @@ def _clear_folder(folder: Path) -> int:
 
 
 def _final_name(path: Path, public_id: uuid.UUID) -> Path | None:
-    """Return the final name that path is linked to, found from its series."""
+    """Return the final name that path is linked to, or None."""
+    final = Path(default_storage.path(instance_file_name(public_id)))
+    if final.exists() and os.path.samefile(path, final):
+        return final
+    return _final_name_in_series_folder(path, public_id)
+
+
+def _final_name_in_series_folder(path: Path, public_id: uuid.UUID) -> Path | None:
+    """Return the final name in its series' folder, where older receivers put it.
+
+    Files were named dicom/<study>/<series>/<public id>.dcm before their
+    names came from the public id alone.
+    """
     checked = check_dicom_file(path)
     series = (
         Series.objects.select_related("study")
@@ -125,8 +137,9 @@ def _final_name(path: Path, public_id: uuid.UUID) -> Path | None:
     )
     if series is None:
         return None
-    instance = new_instance(checked, series.study, series, public_id)
-    final = Path(default_storage.path(instance.file))
+    final = Path(
+        default_storage.path(f"dicom/{series.study.pk}/{series.pk}/{public_id.hex}.dcm")
+    )
     if final.exists() and os.path.samefile(path, final):
         return final
     return None

@@ -274,7 +274,7 @@ class TestPathsFromTagValues:
         ]
         assert written
         allowed = re.compile(
-            r"^(media/dicom/\d+/\d+/[0-9a-f]{32}\.dcm"
+            r"^(media/dicom/[0-9a-f]{2}/[0-9a-f]{32}\.dcm"
             r"|media/(renders|previews)/\d+/[0-9-]+\.jpg"
             r"|media/packages/[0-9a-f]{32}\.(zip|iso)"
             r"|quarantine/dicom/[0-9a-f]{32}\.dcm)$"

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from viewbox.ingest.database_writer import DatabaseWriter
 from viewbox.ingest.dicom_import import (
     CheckedFile,
     check_dicom_file,
+    instance_file_name,
     link_durably,
     new_instance,
     study_and_series_for,
@@ -57,7 +59,7 @@ def writer() -> Iterator[DatabaseWriter]:
 
 
 @pytest.fixture
-def syncing() -> Iterator[ThreadPoolExecutor]:
+def placing() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as executor:
         yield executor
 
@@ -243,9 +245,9 @@ class TestLinkedFile:
         assert path.stat().st_nlink == 1
 
 
-class TestBackgroundFsync:
+class TestBackgroundPlacement:
     def test_failed_fsync_stores_nothing(
-        self, writer, syncing, tmp_path, monkeypatch
+        self, writer, placing, tmp_path, monkeypatch
     ) -> None:
         [path] = write_series(tmp_path, 1)
         staged = path.stat().st_ino
@@ -257,37 +259,59 @@ class TestBackgroundFsync:
             real_fsync(descriptor)
 
         monkeypatch.setattr(os, "fsync", fail_on_staged_file)
-        result = dicom_receiver.handle_store(received(path), writer, syncing)
+        result = dicom_receiver.handle_store(received(path), writer, placing)
 
         assert result.status == STATUS_OUT_OF_RESOURCES
         assert Instance.objects.count() == 0
         assert stored_dicom_files() == []
         assert path.stat().st_nlink == 1
 
-    def test_final_name_waits_for_the_fsync(
-        self, writer, syncing, tmp_path, monkeypatch
+    def test_quarantined_file_leaves_no_final_name(
+        self, writer, placing, tmp_path
+    ) -> None:
+        [path] = write_series(tmp_path, 1)
+        announced = received(path)
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.save_as(path)
+        result = dicom_receiver.handle_store(announced, writer, placing)
+
+        assert result.status != STATUS_SUCCESS
+        assert Instance.objects.count() == 0
+        assert stored_dicom_files() == []
+
+    @pytest.mark.parametrize("slow", ["file", "folder"])
+    def test_commit_waits_for_each_fsync(
+        self, writer, placing, tmp_path, monkeypatch, slow
     ) -> None:
         [path] = write_series(tmp_path, 1)
         staged = path.stat().st_ino
         steps = []
-        real_fsync, real_link = os.fsync, os.link
+        real_fsync, real_save_instance = os.fsync, dicom_receiver.save_instance
 
         def slow_fsync(descriptor: int) -> None:
-            if os.fstat(descriptor).st_ino == staged:
+            status = os.fstat(descriptor)
+            is_slow = (
+                stat.S_ISDIR(status.st_mode)
+                if slow == "folder"
+                else status.st_ino == staged
+            )
+            if is_slow:
                 time.sleep(0.2)  # The check of the header ends first.
                 steps.append("fsync")
             real_fsync(descriptor)
 
-        def link(source: Path, target: Path) -> None:
-            steps.append("link")
-            real_link(source, target)
+        def save_instance(*args: object, **kwargs: object) -> None:
+            real_save_instance(*args, **kwargs)
+            steps.append("saved")
 
         monkeypatch.setattr(os, "fsync", slow_fsync)
-        monkeypatch.setattr(os, "link", link)
-        result = dicom_receiver.handle_store(received(path), writer, syncing)
+        monkeypatch.setattr(dicom_receiver, "save_instance", save_instance)
+        result = dicom_receiver.handle_store(received(path), writer, placing)
 
         assert result == StoreResult(STATUS_SUCCESS)
-        assert steps == ["fsync", "link"]
+        assert steps[-1] == "saved"
+        assert "fsync" in steps
         assert Instance.objects.count() == 1
 
 
@@ -336,7 +360,7 @@ class TestPreviewTasks:
 
 class TestSameInstanceAtOnce:
     def test_copy_stored_meanwhile_is_a_duplicate(
-        self, writer, syncing, tmp_path, monkeypatch
+        self, writer, placing, tmp_path, monkeypatch
     ) -> None:
         [path] = write_series(tmp_path, 1)
         twin = path.with_name(f"{uuid.uuid4().hex}.dcm")
@@ -355,7 +379,7 @@ class TestSameInstanceAtOnce:
             return real_find_stored_copy(checked, restore)
 
         monkeypatch.setattr(dicom_receiver, "find_stored_copy", not_yet_stored)
-        result = dicom_receiver.handle_store(received(twin), writer, syncing)
+        result = dicom_receiver.handle_store(received(twin), writer, placing)
 
         assert result == StoreResult(STATUS_SUCCESS)
         assert len(lookups) == 2
@@ -387,6 +411,33 @@ class TestStaleStaging:
         assert not staging.exists()
         assert stored_dicom_files() == []
         assert Instance.objects.count() == 0
+
+    def test_unreadable_unacknowledged_file_is_removed(self, writer) -> None:
+        # Its final name comes from its staging name, without its header.
+        staging = self.crashed_receiver_folder(writer)
+        path = staging / f"{uuid.uuid4().hex}.dcm"
+        path.write_bytes(b"not DICOM")
+        link_durably(path, instance_file_name(uuid.UUID(path.stem)))
+
+        staging_of_new, lock = create_staging()
+        remove_staging(staging_of_new, lock)
+
+        assert not staging.exists()
+        assert stored_dicom_files() == []
+
+    def test_older_series_folder_name_is_removed(self, writer) -> None:
+        # Older receivers named files after their study and series.
+        staging = self.crashed_receiver_folder(writer)
+        [path] = write_series(staging, 1)
+        checked = check_dicom_file(path)
+        study, series = writer.run(lambda: study_and_series_for(checked))
+        link_durably(path, f"dicom/{study.pk}/{series.pk}/{path.stem}.dcm")
+
+        staging_of_new, lock = create_staging()
+        remove_staging(staging_of_new, lock)
+
+        assert not staging.exists()
+        assert stored_dicom_files() == []
 
     def test_acknowledged_file_is_kept(self, writer) -> None:
         # A receiver that crashed after the commit and before the unlink.

@@ -343,9 +343,8 @@ class TestStoredFiles:
         path = write_copy(CT, tmp_path / "../../evil name.dcm", "DEMO-1001", "ACC1001")
         run_import(path)
         instance = Instance.objects.get()
-        assert instance.file == (
-            f"dicom/{instance.series.study_id}/{instance.series_id}/{instance.public_id.hex}.dcm"
-        )
+        public_id = instance.public_id.hex
+        assert instance.file == f"dicom/{public_id[:2]}/{public_id}.dcm"
         with default_storage.open(instance.file, "rb") as stored:
             assert stored.read() == path.read_bytes()
 

@@ -87,10 +87,18 @@ class TestSignUpInBrowser:
         Her visits were 3 and 60 days before the demo was loaded, at Towson
         and Columbia, both referred by Dr. Morgan Placeholder.
         """
-        now = timezone.localtime(timezone=ZoneInfo("America/New_York"))
+        new_york = ZoneInfo("America/New_York")
+
+        def day_of_service(days_ago: int) -> date:
+            # Subtracted in UTC, as the demo does, then dated in Maryland.
+            # In local time, an hour of daylight saving time can shift the day.
+            return (
+                (timezone.now() - timedelta(days=days_ago)).astimezone(new_york).date()
+            )
+
         visits = [
-            ((now - timedelta(days=3)).date(), "Towson", "MG SCREENING"),
-            ((now - timedelta(days=60)).date(), "Columbia", "US ECHOCARDIOGRAM"),
+            (day_of_service(3), "Towson", "MG SCREENING"),
+            (day_of_service(60), "Columbia", "US ECHOCARDIOGRAM"),
         ]
         answers = []
         for legend in legends:

@@ -24,6 +24,8 @@ from typing import cast
 
 import pydicom
 import pytest
+from django.core.management.base import CommandError
+from django.db import OperationalError, connection
 from pynetdicom import AE
 
 from viewbox.ingest import dicom_network
@@ -34,6 +36,7 @@ from viewbox.ingest.dicom_network import (
     StorageServer,
 )
 from viewbox.ingest.dicom_receiver import start_receiver
+from viewbox.ingest.management.commands import run_dicom_receiver
 from viewbox.ingest.tests.test_dicom_import import write_copy
 from viewbox.ingest.tests.test_dicom_receiver import (
     DATA,
@@ -1191,9 +1194,13 @@ def receiver_environment(data: Path) -> dict[str, str]:
 
 @contextmanager
 def receiver_command(
-    data: Path, environment: dict[str, str], processes: int
+    data: Path, environment: dict[str, str], processes: int, own_group: bool = False
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """Start manage.py run_dicom_receiver, wait until it listens, and stop it after."""
+    """Start manage.py run_dicom_receiver, wait until it listens, and stop it after.
+
+    With ``own_group``, the command leads a process group of its own, as in
+    a terminal or under systemd, which signal the whole group.
+    """
     port = free_loopback_port()
     log = data / "receiver.log"
     with log.open("wb") as output:
@@ -1206,6 +1213,7 @@ def receiver_command(
             env=environment,
             stdout=output,
             stderr=output,
+            start_new_session=own_group,
         )
     try:
         wait_for(lambda: b"Listening on" in log.read_bytes(), 30)
@@ -1304,6 +1312,30 @@ class TestReceiverProcesses:
             assert f"ended with status {status}; starting another".encode() in (
                 log.read_bytes()
             )
+
+    @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+    def test_signal_to_the_group_stops_every_process(
+        self, tmp_path, stop_signal
+    ) -> None:
+        # Ctrl-C and systemd signal the parent and its processes at once,
+        # and the parent passes SIGTERM on: each process gets two signals.
+        for attempt in range(3):
+            data = tmp_path / f"data{attempt}"
+            data.mkdir()
+            environment = receiver_environment(data)
+            with receiver_command(data, environment, 4, own_group=True) as (
+                receiver,
+                _,
+                log,
+            ):
+                wait_for(lambda: log.read_bytes().count(b"listening on") == 4, 30)
+                time.sleep(1)  # The processes reach their wait for a stop.
+                children = children_of(receiver.pid)
+
+                os.killpg(receiver.pid, stop_signal)
+
+                assert receiver.wait(timeout=15) == 0, log.read_text()
+                assert not any(map(is_running, children))
 
     def test_killed_parent_takes_its_processes_along(self, tmp_path) -> None:
         data = tmp_path / "data"
@@ -1477,3 +1509,52 @@ class TestHostilePeers:
             assert not server.staging.exists()
             peer.close()
         assert Instance.objects.count() == 0
+
+
+class _LockedCursor:
+    """A cursor whose statements fail as SQLite's do while another process writes."""
+
+    def __enter__(self) -> "_LockedCursor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def execute(self, sql: str) -> None:
+        raise OperationalError("database is locked")
+
+
+class TestWriteAheadLog:
+    def test_switch_is_retried_while_locked(self, monkeypatch) -> None:
+        if connection.vendor != "sqlite":
+            pytest.skip("WAL mode is SQLite's")
+        attempts = []
+        real_cursor = connection.cursor
+
+        def locked_twice() -> object:
+            attempts.append(True)
+            return _LockedCursor() if len(attempts) <= 2 else real_cursor()
+
+        monkeypatch.setattr(run_dicom_receiver, "time", _FastClock())
+        monkeypatch.setattr(connection, "cursor", locked_twice)
+        run_dicom_receiver._use_write_ahead_log()
+        assert len(attempts) == 3
+
+    def test_lock_held_too_long_fails_with_a_reason(self, monkeypatch) -> None:
+        monkeypatch.setattr(run_dicom_receiver, "time", _FastClock())
+        monkeypatch.setattr(connection, "cursor", _LockedCursor)
+        with pytest.raises(CommandError, match="could not switch the SQLite"):
+            run_dicom_receiver._use_write_ahead_log()
+
+
+class _FastClock:
+    """A clock whose sleep() moves time on at once, for retry loops."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds

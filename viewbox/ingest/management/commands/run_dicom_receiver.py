@@ -3,14 +3,13 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from types import FrameType
 from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection
+from django.db import OperationalError, connection
 
 from viewbox.ingest.dicom_receiver import start_receiver
 
@@ -25,6 +24,37 @@ _QUICK_EXIT_SECONDS = 10.0
 _RESTART_PAUSE_SECONDS = 1.0
 # prctl(2) option that names the signal sent when the parent process ends.
 _PR_SET_PDEATHSIG = 1
+# Seconds between two looks of a receiver process at its stop flag.
+_STOP_POLL_SECONDS = 0.2
+# Seconds that the command waits for SQLite's lock to switch to WAL mode,
+# while the web server, the worker and the HL7 listener start beside it.
+_WAL_LOCK_SECONDS = 30.0
+
+
+def _use_write_ahead_log() -> None:
+    """Switch the SQLite database to WAL mode, waiting while it is locked.
+
+    In WAL mode a commit costs one fsync instead of the rollback journal's
+    several, and readers do not block the receiver's writes. SQLite stores
+    the mode in the database file, so it then holds for the web server and
+    the worker too. The switch needs the database to itself, so it fails
+    with "database is locked" while another process writes.
+    """
+    deadline = time.monotonic() + _WAL_LOCK_SECONDS
+    while True:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as error:
+            connection.close()
+            if time.monotonic() >= deadline:
+                raise CommandError(
+                    "Cannot start the DICOM receiver: could not switch the SQLite "
+                    f"database to WAL mode within {_WAL_LOCK_SECONDS:.0f} seconds "
+                    f"({error}); stop the process that keeps it locked"
+                ) from error
+            time.sleep(0.2)
 
 
 def _usable_cpus() -> int:
@@ -88,12 +118,7 @@ class Command(BaseCommand):
         if processes < 1:
             raise CommandError("--processes must be 1 or more")
         if connection.vendor == "sqlite":
-            # In WAL mode a commit costs one fsync instead of the rollback
-            # journal's several, and readers do not block the receiver's
-            # writes. SQLite stores the mode in the database file, so it then
-            # holds for the web server and the worker too.
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA journal_mode=WAL")
+            _use_write_ahead_log()
         # A forked process must not share its parent's database connection.
         connection.close()
 
@@ -115,10 +140,15 @@ class Command(BaseCommand):
 
     def _serve(self, listener: socket.socket) -> None:
         """Serve associations from listener in this process until SIGTERM or SIGINT."""
-        stopping = threading.Event()
+        stopping = False
 
         def request_stop(signal_number: int, frame: FrameType | None) -> None:
-            stopping.set()
+            # Only a flag: the handler runs between two steps of the main
+            # thread, and an Event's set() could wait for the lock that the
+            # main thread holds in wait(). Ctrl-C signals this process and
+            # its parent, which sends SIGTERM too.
+            nonlocal stopping
+            stopping = True
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
@@ -134,7 +164,8 @@ class Command(BaseCommand):
             bound_port,
             os.getpid(),
         )
-        stopping.wait()
+        while not stopping:
+            time.sleep(_STOP_POLL_SECONDS)
         # Associations in progress finish their current request first.
         server.shutdown()
         logger.info("DICOM receiver stopped (process %d)", os.getpid())

@@ -1,5 +1,5 @@
 import signal
-import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,10 +38,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stop = threading.Event()
+        stopping = False
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
+            # Only a flag: an Event's set() here could wait for the lock that
+            # the interrupted main thread holds in wait().
+            nonlocal stopping
+            stopping = True
 
         try:
             catcher = MailCatcher(options["host"], options["port"], options["folder"])
@@ -62,10 +65,8 @@ class Command(BaseCommand):
                 f"saving to {catcher.folder}"
             )
             self.stdout.flush()
-            # A timeout keeps the main thread returning to the interpreter,
-            # where signal handlers run.
-            while not stop.wait(1.0):
-                pass
+            while not stopping:
+                time.sleep(0.2)
         finally:
             catcher.stop()
             for number, handler in previous.items():

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # PS3.5 section 9.1: components of digits separated by dots, 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _PIXEL_DATA = 0x7FE00010
+_TRAILING_PADDING = 0xFFFCFFFC
 _NUMBER_OF_FRAMES = 0x00280008
 _WHOLE_NUMBER = re.compile(r"\+?[0-9]{1,10}")
 _INTEGER_MIN: Final = -(2**31)
@@ -384,19 +385,45 @@ def _same_data_set(first: Path, second: Path) -> bool:
 
     The File Meta Information is left out, because it names the program
     that wrote the file: the receiver writes its own, and a copy imported
-    from a disc has the sender's.
+    from a disc has the sender's. So is Data Set Trailing Padding
+    (FFFC,FFFC), which dcmtk's senders drop.
     """
     with first.open("rb") as one, second.open("rb") as other:
-        one_size = os.fstat(one.fileno()).st_size - _data_set_offset(one)
-        other_size = os.fstat(other.fileno()).st_size - _data_set_offset(other)
-        if one_size != other_size:
+        one_start, one_end = _data_set_span(one)
+        other_start, other_end = _data_set_span(other)
+        if one_end - one_start != other_end - other_start:
             return False
-        while True:
-            block = one.read(1 << 20)
-            if block != other.read(1 << 20):
+        one.seek(one_start)
+        other.seek(other_start)
+        left = one_end - one_start
+        while left > 0:
+            size = min(left, 1 << 20)
+            if one.read(size) != other.read(size):
                 return False
-            if not block:
-                return True
+            left -= size
+        return True
+
+
+def _data_set_span(stream: BinaryIO) -> tuple[int, int]:
+    """Return where the data set starts and ends, without trailing padding."""
+    start = _data_set_offset(stream)
+    end = os.fstat(stream.fileno()).st_size
+    stream.seek(0)
+    try:
+        ds = pydicom.dcmread(stream, defer_size=1)
+    except Exception:  # pydicom raises many kinds on broken input
+        return start, end
+    padding = ds.get_item(_TRAILING_PADDING, keep_deferred=True)
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if (
+        not isinstance(padding, RawDataElement)
+        or syntax == _DEFLATED
+        or padding.value_tell + padding.length != end
+    ):
+        return start, end
+    # The element's header: 8 bytes in Implicit VR, 12 in Explicit VR (OB).
+    header = 8 if syntax == "1.2.840.10008.1.2" else 12
+    return start, padding.value_tell - header
 
 
 def _find_exam(accession_number: str, patient_id: str) -> Exam | None:

@@ -232,6 +232,23 @@ class TestStorescu:
         assert Instance.objects.count() == 1
         assert QuarantinedFile.objects.count() == 0
 
+    def test_import_with_trailing_padding_is_a_duplicate(
+        self, receiver, tmp_path
+    ) -> None:
+        # storescu drops Data Set Trailing Padding (FFFC,FFFC) as it sends.
+        path = ct_copy(tmp_path)
+        ds = pydicom.dcmread(path)
+        ds.add_new(0xFFFCFFFC, "OB", bytes(64))
+        ds.save_as(path)
+        result = dcmtk("storescu", "127.0.0.1", receiver, path)
+        stdout = StringIO()
+
+        call_command("import_dicom", str(path), stdout=stdout)
+
+        assert result.returncode == 0, result.stderr
+        assert "0 stored, 1 duplicate, 0 rejected" in stdout.getvalue()
+        assert QuarantinedFile.objects.count() == 0
+
     def test_import_without_meta_group_length_is_a_duplicate(
         self, receiver, settings, tmp_path
     ) -> None:

@@ -37,8 +37,10 @@ def _use_write_ahead_log() -> None:
     In WAL mode a commit costs one fsync instead of the rollback journal's
     several, and readers do not block the receiver's writes. SQLite stores
     the mode in the database file, so it then holds for the web server and
-    the worker too. The switch needs the database to itself, so it fails
-    with "database is locked" while another process writes.
+    the worker too. The switch needs the database to itself, and while
+    other processes use it SQLite may answer "database is locked" at once,
+    without waiting for its busy timeout: the demo's receiver failed to
+    start so, beside the web server, the worker and the HL7 listener.
     """
     deadline = time.monotonic() + _WAL_LOCK_SECONDS
     while True:

@@ -287,7 +287,8 @@ def read_header(path: Path, size: int) -> FileDataset:
 # Explicit VR transfer syntaxes whose data set is not deflated: every one that
 # the receiver accepts except Implicit VR Little Endian and Deflated.
 _DEFLATED: Final = "1.2.840.10008.1.2.1.99"
-_NOT_EXPLICIT_VR: Final = frozenset({"1.2.840.10008.1.2", _DEFLATED})
+_IMPLICIT_VR: Final = "1.2.840.10008.1.2"
+_NOT_EXPLICIT_VR: Final = frozenset({_IMPLICIT_VR, _DEFLATED})
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
 
@@ -422,7 +423,7 @@ def _data_set_span(stream: BinaryIO) -> tuple[int, int]:
     ):
         return start, end
     # The element's header: 8 bytes in Implicit VR, 12 in Explicit VR (OB).
-    header = 8 if syntax == "1.2.840.10008.1.2" else 12
+    header = 8 if syntax == _IMPLICIT_VR else 12
     return start, padding.value_tell - header
 
 

@@ -157,7 +157,7 @@ def _quarantine_received(path: Path, calling_ae_title: str, reason: str) -> None
     )
 
 
-# Seconds that a fsync thread waits at most for the end of a store before
+# Seconds that an fsync thread waits at most for the end of a store before
 # it drops the file's pages, so that a stuck store cannot hold up shutdown.
 _PAGE_DROP_DELAY_SECONDS: Final = 10.0
 
@@ -180,6 +180,10 @@ class _BackgroundPlacement:
     (``dicom_staging``). When the block ends, the final name is removed
     unless ``keep`` was called, and the file's clean pages are dropped from
     the page cache, as ``link_durably`` does, without the sender waiting.
+
+    NOTE: the staging folder is not fsynced for each file, so a crash can
+    lose the staging name and keep the final name without a row. Such a
+    file is never shown, but nothing removes it.
     """
 
     def __init__(self, staged: Path, executor: ThreadPoolExecutor) -> None:

@@ -1,5 +1,6 @@
 """The DICOM receiver's database writer: group commit and its failures."""
 
+import errno
 import os
 import shutil
 import stat
@@ -255,7 +256,7 @@ class TestBackgroundPlacement:
 
         def fail_on_staged_file(descriptor: int) -> None:
             if os.fstat(descriptor).st_ino == staged:
-                raise OSError(5, "Input/output error")
+                raise OSError(errno.EIO, "Input/output error")
             real_fsync(descriptor)
 
         monkeypatch.setattr(os, "fsync", fail_on_staged_file)

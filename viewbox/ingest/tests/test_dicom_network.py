@@ -1314,9 +1314,7 @@ class TestReceiverProcesses:
             )
 
     @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-    def test_signal_to_the_group_stops_every_process(
-        self, tmp_path, stop_signal
-    ) -> None:
+    def test_group_signal_stops_every_process(self, tmp_path, stop_signal) -> None:
         # Ctrl-C and systemd signal the parent and its processes at once,
         # and the parent passes SIGTERM on: each process gets two signals.
         for attempt in range(3):
@@ -1329,7 +1327,7 @@ class TestReceiverProcesses:
                 log,
             ):
                 wait_for(lambda: log.read_bytes().count(b"listening on") == 4, 30)
-                time.sleep(1)  # The processes reach their wait for a stop.
+                time.sleep(1)  # Let each process reach its wait for the stop flag.
                 children = children_of(receiver.pid)
 
                 os.killpg(receiver.pid, stop_signal)
@@ -1540,7 +1538,7 @@ class TestWriteAheadLog:
         run_dicom_receiver._use_write_ahead_log()
         assert len(attempts) == 3
 
-    def test_lock_held_too_long_fails_with_a_reason(self, monkeypatch) -> None:
+    def test_long_lock_fails_with_reason(self, monkeypatch) -> None:
         monkeypatch.setattr(run_dicom_receiver, "time", _FastClock())
         monkeypatch.setattr(connection, "cursor", _LockedCursor)
         with pytest.raises(CommandError, match="could not switch the SQLite"):

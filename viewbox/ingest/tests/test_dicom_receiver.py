@@ -232,9 +232,7 @@ class TestStorescu:
         assert Instance.objects.count() == 1
         assert QuarantinedFile.objects.count() == 0
 
-    def test_import_with_trailing_padding_is_a_duplicate(
-        self, receiver, tmp_path
-    ) -> None:
+    def test_padded_import_is_a_duplicate(self, receiver, tmp_path) -> None:
         # storescu drops Data Set Trailing Padding (FFFC,FFFC) as it sends.
         path = ct_copy(tmp_path)
         ds = pydicom.dcmread(path)

@@ -37,10 +37,9 @@ def _use_write_ahead_log() -> None:
     In WAL mode a commit costs one fsync instead of the rollback journal's
     several, and readers do not block the receiver's writes. SQLite stores
     the mode in the database file, so it then holds for the web server and
-    the worker too. The switch needs the database to itself, and while
-    other processes use it SQLite may answer "database is locked" at once,
-    without waiting for its busy timeout: the demo's receiver failed to
-    start so, beside the web server, the worker and the HL7 listener.
+    the worker too. While other processes use the database, SQLite may
+    return "database is locked" at once, without waiting for its busy
+    timeout, as it did when the demo started its processes together.
     """
     deadline = time.monotonic() + _WAL_LOCK_SECONDS
     while True:
@@ -145,10 +144,8 @@ class Command(BaseCommand):
         stopping = False
 
         def request_stop(signal_number: int, frame: FrameType | None) -> None:
-            # Only a flag: the handler runs between two steps of the main
-            # thread, and an Event's set() could wait for the lock that the
-            # main thread holds in wait(). Ctrl-C signals this process and
-            # its parent, which sends SIGTERM too.
+            # Only a flag, because an Event's set() here could wait for the
+            # lock of the interrupted wait(). Ctrl-C also brings the parent's SIGTERM.
             nonlocal stopping
             stopping = True
 

@@ -6,11 +6,15 @@ committed in one transaction (group commit), and associations do not queue
 on SQLite's write lock.
 """
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Final, cast
 
 from django.db import DatabaseError, connection, transaction
@@ -36,6 +40,24 @@ _EXAM_CHECK_SECONDS: Final = 1.0
 # oldest of them waited this many seconds or there are this many.
 _PREVIEW_SECONDS: Final = 1.0
 _PREVIEW_INSTANCES: Final = 64
+
+
+def turn_lock_path() -> Path | None:
+    """Return the lock file that receiver processes take turns to write with.
+
+    Only an SQLite database in a file has one. SQLite admits one writer at
+    a time, and its default busy handler (sqliteDefaultBusyCallback in its
+    main.c) sleeps 1, 2, 5, 10 ms and longer between tries. Receiver
+    processes that wait for an flock(2) lock on this file are woken as soon
+    as the holder releases it. Other writers, such as the web server, still
+    wait as SQLite does.
+    """
+    if connection.vendor != "sqlite":
+        return None
+    name = str(connection.settings_dict["NAME"])
+    if name == ":memory:" or "mode=memory" in name:
+        return None
+    return Path(f"{name}.receivers.lock")
 
 
 def drop_broken_connection() -> None:
@@ -72,7 +94,9 @@ class DatabaseWriter:
     commit fails, every job of the batch fails with that error.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, turn_lock: Path | None = None) -> None:
+        self._turn_lock_path = turn_lock
+        self._turn_lock: int | None = None
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         # Guards _stopped against a job queued while the thread ends.
         self._stopping_lock = threading.Lock()
@@ -229,12 +253,47 @@ class DatabaseWriter:
             if self._previews:
                 self._commit([_Job(self._queue_previews)])
             connection.close()
+            if self._turn_lock is not None:
+                os.close(self._turn_lock)
+                self._turn_lock = None
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the turn lock, if any, so that other receiver processes wait.
+
+        Without the lock file, or when locking it fails, commits still work,
+        with SQLite's own waiting.
+        """
+        if self._turn_lock is None and self._turn_lock_path is not None:
+            path, self._turn_lock_path = self._turn_lock_path, None
+            try:
+                self._turn_lock = os.open(
+                    path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+            except OSError as error:
+                logger.warning(
+                    "Could not open the receivers' lock file %s: %s", path, error
+                )
+        locked = False
+        if self._turn_lock is not None:
+            try:
+                fcntl.flock(self._turn_lock, fcntl.LOCK_EX)
+                locked = True
+            except OSError as error:
+                logger.warning("Could not lock the receivers' lock file: %s", error)
+                os.close(self._turn_lock)
+                self._turn_lock = None
+        try:
+            yield
+        finally:
+            if locked and self._turn_lock is not None:
+                fcntl.flock(self._turn_lock, fcntl.LOCK_UN)
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         drop_broken_connection()
         committed = False
         try:
-            with transaction.atomic():
+            with self._turn(), transaction.atomic():
                 if len(batch) == 1:
                     # No other job to protect: its error rolls back the whole
                     # transaction, without the statements of a savepoint.

@@ -862,18 +862,15 @@ def save_instance(
     instance: Instance,
     study: Study,
     *,
-    before_audit: Callable[[], None] | None = None,
     queue_previews: bool = True,
     audit: bool = True,
 ) -> None:
     """Insert the row of a placed file, its preview task and its audit row.
 
-    Call inside a transaction. The audit row takes the chain's lock until
-    the transaction ends, so ``before_audit`` runs what the caller must
-    wait for before it, such as the fsync of a file placed in parallel.
-    A caller that queues the preview tasks itself, for several instances
-    at once, passes ``queue_previews=False``, and one that audits a whole
-    study's arrival once passes ``audit=False`` for the other instances.
+    Call inside a transaction, once the file is on disk. A caller that
+    queues the preview tasks itself, for several instances at once, passes
+    ``queue_previews=False``, and one that audits a whole study's arrival
+    once passes ``audit=False`` for the other instances.
     The caller deletes the file when this fails.
     """
     _insert_instance(instance)
@@ -881,8 +878,6 @@ def save_instance(
         # The task backend stores tasks in this database, so the task row is
         # committed with the instance, in one commit instead of two.
         render_previews.enqueue(instance.pk)
-    if before_audit is not None:
-        before_audit()
     if audit:
         record_event(
             "images.import",

@@ -28,7 +28,6 @@ PostgreSQL take turns. An unmatched study is also logged once per
 association.
 """
 
-import contextlib
 import functools
 import logging
 import os
@@ -49,6 +48,7 @@ from django.db import DatabaseError, IntegrityError, connection
 from viewbox.ingest.database_writer import (
     DatabaseWriter,
     drop_broken_connection,
+    turn_lock_path,
 )
 from viewbox.ingest.dicom_import import (
     IMAGE_STORAGE_SOP_CLASSES,
@@ -278,12 +278,19 @@ def _store(
     which gets the pair once the rows are committed. A caller that places
     the file in another thread passes ``wait_for_placement``, which returns
     once the file is on disk under its final name, or raises.
+
+    The writer's transaction starts only once the file is on disk. On
+    SQLite it holds the database's write lock, and the other receiver
+    processes waited for it through each fsync: over four associations,
+    inserting the rows while the file was fsynced, then committing, stored
+    fewer instances a second than this (see ``bench/README.md``).
     """
     study, series = writer.study_and_series(checked)
     instance = new_instance(checked, study, series, uuid.UUID(checked.path.stem))
-    final = Path(default_storage.path(instance.file))
-    placed = threading.Event()
-    placing_errors: list[BaseException] = []
+    if wait_for_placement is None:
+        link_durably(checked.path, instance.file)
+    else:
+        wait_for_placement()
     audited_as: list[tuple[int, int | None]] = []
 
     def save() -> None:
@@ -298,42 +305,15 @@ def _store(
             attach_exam_if_waiting(study)
         pair = (study.pk, study.exam_id)
         audit = audited is None or pair not in audited
-        save_instance(
-            instance,
-            study,
-            before_audit=wait_until_placed,
-            queue_previews=False,
-            audit=audit,
-        )
+        save_instance(instance, study, queue_previews=False, audit=audit)
         writer.add_preview(instance.pk)
         if audit:
             audited_as.append(pair)
 
-    def wait_until_placed() -> None:
-        # The rows are inserted while the file is placed, but they are
-        # committed only once the file is on disk under its final name.
-        placed.wait()
-        if placing_errors:
-            raise placing_errors[0]
-
-    job = writer.submit(save)
     try:
-        if wait_for_placement is None:
-            link_durably(checked.path, instance.file)
-        else:
-            wait_for_placement()
-    except BaseException as error:
-        placing_errors.append(error)
-        placed.set()
-        # The job fails with the same error: wait until it rolled back.
-        with contextlib.suppress(BaseException):
-            writer.wait(job)
-        raise
-    placed.set()
-    try:
-        writer.wait(job)
+        writer.run(save)
     except BaseException:
-        final.unlink(missing_ok=True)
+        Path(default_storage.path(instance.file)).unlink(missing_ok=True)
         writer.forget_series()
         raise
     if audited is not None:
@@ -432,7 +412,7 @@ def start_receiver(
     create_instance_folders()
     staging, lock = create_staging()
     connection.close()
-    writer = DatabaseWriter()
+    writer = DatabaseWriter(turn_lock_path())
     # Each association places one file at most at a time, with two fsyncs,
     # so two threads per association never keep one waiting.
     placing = ThreadPoolExecutor(

@@ -1,6 +1,7 @@
 """The DICOM receiver's database writer: group commit and its failures."""
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -15,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, OperationalError
+from django.db import IntegrityError, OperationalError, connection
 from django.tasks import TaskResult
 from django.tasks.signals import task_enqueued
 from pydicom.uid import generate_uid
@@ -314,6 +315,73 @@ class TestBackgroundPlacement:
         assert steps[-1] == "saved"
         assert "fsync" in steps
         assert Instance.objects.count() == 1
+
+    def test_writes_go_on_during_placement(self, writer, placing, tmp_path) -> None:
+        [path] = write_series(tmp_path, 1)
+        others = []
+
+        def place_while_writing() -> None:
+            # A writer whose transaction stayed open through the placement
+            # would run this job only after this function returned.
+            thread = threading.Thread(
+                target=lambda: others.append(writer.run(create_study("1.2.3.9")))
+            )
+            thread.start()
+            thread.join(WAIT_SECONDS)
+
+        dicom_receiver._store(
+            check_dicom_file(path), writer, wait_for_placement=place_while_writing
+        )
+        assert len(others) == 1
+        assert Instance.objects.count() == 1
+
+
+class TestTurnLock:
+    def test_commit_waits_for_held_lock(self, tmp_path) -> None:
+        lock_path = tmp_path / "db.sqlite3.receivers.lock"
+        writer = DatabaseWriter(lock_path)
+        writer.start()
+        try:
+            # The lock file exists once the writer commits for the first time.
+            writer.run(create_study("1.2.3.1"))
+            other_process = os.open(lock_path, os.O_RDWR)
+            fcntl.flock(other_process, fcntl.LOCK_EX)
+            done = threading.Event()
+            thread = threading.Thread(
+                target=lambda: (writer.run(create_study("1.2.3.2")), done.set())
+            )
+            thread.start()
+            assert not done.wait(0.3)
+            fcntl.flock(other_process, fcntl.LOCK_UN)
+            os.close(other_process)
+            assert done.wait(WAIT_SECONDS)
+            thread.join()
+        finally:
+            writer.stop()
+        assert Study.objects.count() == 2
+
+    def test_unusable_lock_file_still_commits(self, tmp_path, caplog) -> None:
+        writer = DatabaseWriter(tmp_path / "missing" / "db.sqlite3.receivers.lock")
+        writer.start()
+        try:
+            assert writer.run(create_study("1.2.3.1")).pk
+            assert writer.run(create_study("1.2.3.2")).pk
+        finally:
+            writer.stop()
+        assert Study.objects.count() == 2
+        warnings = [
+            r.getMessage() for r in caplog.records if "lock file" in r.getMessage()
+        ]
+        assert len(warnings) == 1
+        assert "No such file" in warnings[0]
+
+    def test_lock_only_for_sqlite_file(self) -> None:
+        path = database_writer.turn_lock_path()
+        if connection.vendor == "sqlite":
+            assert path is not None
+            assert path.name.endswith(".sqlite3.receivers.lock")
+        else:
+            assert path is None
 
 
 @pytest.fixture

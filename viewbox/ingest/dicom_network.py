@@ -60,6 +60,11 @@ _SHUTDOWN_WAIT_SECONDS: Final = 30.0
 # Milliseconds that the accepting thread waits for a connection before it
 # looks whether the server is stopping.
 _ACCEPT_POLL_MILLISECONDS: Final = 200
+# Seconds that a receiver process sharing its listener waits, for each
+# connection it serves, before it accepts another one, so that an idle
+# process takes it first. Two associations in one process take turns on
+# Python's interpreter lock while another process may have none.
+_BUSY_ACCEPT_DELAY_SECONDS: Final = 0.003
 # Seconds between two log lines about refused connections or accept errors.
 _LOG_INTERVAL_SECONDS: Final = 60.0
 
@@ -707,6 +712,7 @@ class StorageServer:
         # Receiver processes forked from one parent share its listener, and
         # the kernel hands each connection to one of them.
         self.listener = listener or socket.create_server(address, backlog=64)
+        self._shares_listener = listener is not None
         # The accepting thread polls, so that shutdown() need not shut the
         # socket down, which would stop the other processes accepting too. A
         # connection that another process takes first then fails accept()
@@ -750,6 +756,11 @@ class StorageServer:
         while not self.stopping.is_set():
             if not poller.poll(_ACCEPT_POLL_MILLISECONDS):
                 continue
+            if self._shares_listener:
+                with self._lock:
+                    served = len(self._associations)
+                if served:
+                    time.sleep(_BUSY_ACCEPT_DELAY_SECONDS * served)
             try:
                 peer, _ = self.listener.accept()
             except BlockingIOError:

@@ -1401,6 +1401,32 @@ class TestHostilePeers:
             second.shutdown()
         assert "Could not accept a connection" not in caplog.text
 
+    def test_shared_listener_spreads_connections(self, settings, monkeypatch) -> None:
+        # Long enough for the idle server to accept first on a busy machine.
+        monkeypatch.setattr(dicom_network, "_BUSY_ACCEPT_DELAY_SECONDS", 1.0)
+        listener = socket.create_server(("127.0.0.1", 0))
+        settings.DICOM_CALLING_AE_TITLES = [CALLING]
+        settings.DICOM_AE_TITLE = CALLED
+        # As two receiver processes that share the socket of their parent.
+        servers = [
+            start_receiver("127.0.0.1", 0, listener),
+            start_receiver("127.0.0.1", 0, listener.dup()),
+        ]
+        port = listener.getsockname()[1]
+        peers = []
+        try:
+            for _ in range(2):
+                peer = Peer(port)
+                peers.append(peer)
+                peer.associate()
+                assert peer.echo(1).fields == echo_response(1)
+            assert [len(server._associations) for server in servers] == [1, 1]
+        finally:
+            for peer in peers:
+                peer.close()
+            for server in servers:
+                server.shutdown()
+
     def test_new_connection_closes_the_oldest_silent_one(
         self, settings, monkeypatch
     ) -> None:

@@ -126,7 +126,10 @@ WSGI_APPLICATION = "viewbox.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The admin app comes first in INSTALLED_APPS, so its templates win
+        # over those in an app's templates folder. Staff-wide overrides of
+        # admin templates, such as the favicon link, live here instead.
+        "DIRS": [BASE_DIR / "viewbox" / "frontdesk" / "staff_templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -3,18 +3,19 @@
 import logging
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
 import pydicom
 from django.core.files.storage import default_storage
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Min, Prefetch, Q, QuerySet
 from django.utils import timezone
 from pydicom.errors import InvalidDicomError
 
 from viewbox.access.models import ICode
 from viewbox.frontdesk.models import HelpRequest
-from viewbox.records.models import Exam, Instance, Study, Visit
+from viewbox.records.models import Exam, Instance, Series, Study, Visit
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,24 @@ def unmatched_studies() -> QuerySet[Study]:
     return Study.objects.filter(exam__isnull=True).order_by("received_at", "pk")
 
 
+def unmatched_studies_with_counts() -> QuerySet[Study]:
+    """Return the waiting studies with their instance count and series.
+
+    Each study gets ``instance_count`` and ``first_instance_id`` (the
+    instance whose header ``study_patient`` reads), and its series come in
+    one extra query for the whole list.
+    """
+    series = Series.objects.only("pk", "study_id", "modality")
+    return (
+        unmatched_studies()
+        .annotate(
+            instance_count=Count("series__instances"),
+            first_instance_id=Min("series__instances__pk"),
+        )
+        .prefetch_related(Prefetch("series", queryset=series))
+    )
+
+
 def exams_by_accession(accession_number: str) -> QuerySet[Exam]:
     """Return the exams with an accession number, in every imaging group."""
     return Exam.objects.filter(
@@ -114,11 +133,53 @@ class StudyPatient:
     description: str
 
 
+@dataclass(frozen=True)
+class WaitingStudy:
+    """A study waiting for its order, with the details that distinguish it."""
+
+    study: Study
+    # None when the study has no instance or its header cannot be read.
+    patient: StudyPatient | None
+    modalities: list[str]
+
+
 def study_patient(study: Study) -> StudyPatient | None:
     """Return the patient details in the header of one of the study's files."""
     instance = Instance.objects.filter(series__study=study).order_by("pk").first()
     if instance is None:
         return None
+    return read_study_patient(instance)
+
+
+def describe_waiting_studies(studies: Sequence[Study]) -> list[WaitingStudy]:
+    """Read the patient details of studies from ``unmatched_studies_with_counts``.
+
+    One query fetches the first instance of every study. Then one header is
+    read per study, so callers pass one page of studies, not all of them.
+    """
+    first_instance_ids = {
+        study.pk: study.first_instance_id  # type: ignore[attr-defined]
+        for study in studies
+    }
+    instances = Instance.objects.in_bulk(
+        [pk for pk in first_instance_ids.values() if pk is not None]
+    )
+    described = []
+    for study in studies:
+        instance = instances.get(first_instance_ids[study.pk])
+        modalities = {series.modality for series in study.series.all()}
+        described.append(
+            WaitingStudy(
+                study=study,
+                patient=read_study_patient(instance) if instance else None,
+                modalities=sorted(modality for modality in modalities if modality),
+            )
+        )
+    return described
+
+
+def read_study_patient(instance: Instance) -> StudyPatient | None:
+    """Return the patient details in the header of one stored file."""
     try:
         with default_storage.open(instance.file, "rb") as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True)

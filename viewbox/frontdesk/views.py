@@ -15,6 +15,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
 FRONT_DESK_PERMISSION = "frontdesk.use_front_desk"
+# Listing waiting studies reads one DICOM header per study shown.
+WAITING_PAGE_SIZE = 25
 
 
 def staff_required(view: View) -> View:
@@ -207,9 +210,12 @@ def decline_help(request: HttpRequest, help_request_id: int) -> HttpResponse:
 @require_GET
 @staff_required
 def unmatched_images(request: HttpRequest) -> HttpResponse:
+    paginator = Paginator(queries.unmatched_studies_with_counts(), WAITING_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
     context = {
         "title": _("Images waiting for an order"),
-        "studies": queries.unmatched_studies(),
+        "page": page,
+        "studies": queries.describe_waiting_studies(page),
     }
     return _render(request, "frontdesk/unmatched_images.html", context)
 

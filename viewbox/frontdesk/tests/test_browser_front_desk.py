@@ -1,13 +1,18 @@
-"""Front desk in chromium: enrolment with the QR code, then a printed pass."""
+"""Front desk in chromium: enrolment with the QR code, then a printed pass,
+and the list of waiting images on a phone."""
 
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from viewbox.browser_fixtures import REPO, needs_chromium
+from viewbox.conftest import package_path
 from viewbox.frontdesk import totp
 from viewbox.frontdesk.tests.pdf_content import page_text
 
@@ -73,4 +78,98 @@ class TestFrontDeskInBrowser:
         assert "ALICE TESTPATIENT" in text
         assert demo_site.base + "/g/radnet-los-angeles/" in text
         assert blocked == []
+        context.close()
+
+
+def create_demo_staff(env: dict[str, str], username: str) -> tuple[str, str]:
+    """Create a front desk user with an enrolled TOTP key.
+
+    Return the password and the key.
+    """
+    output = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "manage.py"),
+            "create_demo_staff",
+            "--username",
+            username,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout
+    password = re.search(r"Password:\s+(\S+)", output)
+    key = re.search(r"TOTP key:\s+(\S+)", output)
+    assert password is not None and key is not None
+    return password.group(1), key.group(1)
+
+
+def import_waiting_study(
+    env: dict[str, str], folder: Path, patient_id: str, name: str
+) -> None:
+    """Import a real CT whose accession number matches no order."""
+    ds = pydicom.dcmread(package_path("data_store", "data/693_J2KR.dcm"))
+    ds.PatientName = name
+    ds.PatientBirthDate = "19750309"
+    ds.PatientID = patient_id
+    ds.AccessionNumber = "ACC-NARROW-1"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = folder / "waiting.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "manage.py"), "import_dicom", str(path)],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+
+
+class TestWaitingImagesOnPhone:
+    def test_list_fits_320_pixels(self, demo_site, browser, tmp_path) -> None:
+        password, key = create_demo_staff(demo_site.env, "browser.images")
+        long_id = "MRN-" + "7" * 60
+        long_name = "LONGFAMILYNAMEWITHOUTSPACES" * 2 + "^NARROW"
+        import_waiting_study(demo_site.env, tmp_path, long_id, long_name)
+        context = browser.new_context(viewport={"width": 320, "height": 640})
+        page = context.new_page()
+        not_found: list[str] = []
+        page.on(
+            "response",
+            lambda response: (
+                not_found.append(response.url) if response.status == 404 else None
+            ),
+        )
+
+        page.goto(demo_site.base + "/staff/frontdesk/images/")
+        page.get_by_label("Username").fill("browser.images")
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
+        code = totp.code_at_step(key, totp.time_step(time.time()))
+        page.get_by_label("Code from your authenticator app").fill(code)
+        page.get_by_role("button", name="Log in").click()
+
+        assert page.url.endswith("/staff/frontdesk/images/")
+        icon = page.locator('link[rel="icon"]').get_attribute("href")
+        assert icon is not None
+        served = page.request.get(demo_site.base + icon)
+        assert served.status == 200
+        assert served.headers["content-type"].startswith("image/svg+xml")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
+        study = page.get_by_role("listitem").filter(has_text=long_id)
+        assert study.get_by_text("ACC-NARROW-1").is_visible()
+        assert study.get_by_text("March 9, 1975").is_visible()
+        assert study.get_by_text("CT", exact=True).is_visible()
+        assert study.get_by_role(
+            "heading", name=re.compile("^NARROW LONG")
+        ).is_visible()
+        box = study.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= 320
+        assert not_found == []
         context.close()

@@ -1,10 +1,15 @@
+import html
 import logging
 import uuid
 from datetime import date
 
 import pydicom
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import dateformat, timezone
+from django.utils.formats import get_format
 from pydicom.uid import generate_uid
 
 from viewbox.audit.models import AuditEvent
@@ -80,20 +85,32 @@ class TestUnmatchedImages:
         assert event.exam_id == exam.pk
 
 
-def import_waiting_ct(tmp_path, name: str, birth: str) -> Study:
-    """Import a real CT whose accession number matches no order yet."""
+def import_waiting_ct(
+    tmp_path,
+    name: str,
+    birth: str,
+    *,
+    accession: str = "ACC-TYPO-2",
+    study_uid: str | None = None,
+    modality: str = "CT",
+) -> Study:
+    """Import a real CT whose accession number matches no order yet.
+
+    With ``study_uid``, the file joins that study as a new series.
+    """
     ds = pydicom.dcmread(package_path("data_store", "data/693_J2KR.dcm"))
     ds.PatientName = name
     ds.PatientBirthDate = birth
     ds.PatientID = "MRN-UNKNOWN"
-    ds.AccessionNumber = "ACC-TYPO-2"
-    ds.StudyInstanceUID = generate_uid()
+    ds.AccessionNumber = accession
+    ds.Modality = modality
+    ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    path = tmp_path / "waiting.dcm"
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     import_dicom_file(path)
-    return Study.objects.get(accession_number="ACC-TYPO-2")
+    return Study.objects.get(study_instance_uid=ds.StudyInstanceUID)
 
 
 @pytest.mark.django_db
@@ -137,3 +154,74 @@ class TestAttachChecksThePatient:
         staff_client.post(attach, {"exam": str(exam.public_id)})
         study.refresh_from_db()
         assert study.exam == exam
+
+
+def page_text(response) -> str:
+    """Return a response's HTML with entities decoded, for exact messages."""
+    return html.unescape(response.content.decode())
+
+
+@pytest.mark.django_db
+class TestWaitingStudyDetails:
+    def test_study_without_files_says_so(self, staff_client, waiting_study):
+        response = staff_client.get(reverse("frontdesk:unmatched_images"))
+        text = page_text(response)
+        assert "Patient name not readable from the images" in text
+        assert "MRN-UNKNOWN" in text
+        assert "ACC-TYPO-1" in text
+        assert "November 20, 2026" in text
+        assert "<dt>Images</dt><dd>0</dd>" in text
+        assert "<dt>Modality</dt><dd>-</dd>" in text
+        assert "<dt>Date of birth</dt>" not in text
+
+    def test_study_shows_what_the_images_carry(self, staff_client, tmp_path) -> None:
+        study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "19600101")
+        import_waiting_ct(
+            tmp_path,
+            "OTHER^OLIVE",
+            "19600101",
+            study_uid=study.study_instance_uid,
+            modality="PT",
+        )
+        response = staff_client.get(reverse("frontdesk:unmatched_images"))
+        text = page_text(response)
+        assert f'<h2 id="waiting-study-{study.pk}">OLIVE OTHER</h2>' in text
+        assert "<dt>Patient ID</dt><dd>MRN-UNKNOWN</dd>" in text
+        assert "<dt>Date of birth</dt><dd>January 1, 1960</dd>" in text
+        assert "<dt>Modality</dt><dd>CT, PT</dd>" in text
+        assert "<dt>Images</dt><dd>2</dd>" in text
+        assert "<dt>Accession number</dt><dd>ACC-TYPO-2</dd>" in text
+        received = dateformat.format(
+            timezone.localtime(study.received_at), get_format("DATETIME_FORMAT")
+        )
+        assert f"<dt>Received</dt><dd>{received}</dd>" in text
+
+    def test_queries_do_not_grow_with_studies(self, staff_client, tmp_path) -> None:
+        url = reverse("frontdesk:unmatched_images")
+        import_waiting_ct(tmp_path, "OTHER^OLIVE", "19600101", accession="ACC-Q-1")
+        with CaptureQueriesContext(connection) as one_study:
+            staff_client.get(url)
+        for number in range(2, 5):
+            import_waiting_ct(
+                tmp_path, "OTHER^OLIVE", "19600101", accession=f"ACC-Q-{number}"
+            )
+        with CaptureQueriesContext(connection) as four_studies:
+            response = staff_client.get(url)
+        assert "ACC-Q-4" in page_text(response)
+        assert len(four_studies) == len(one_study)
+
+    def test_list_is_split_into_pages(self, staff_client) -> None:
+        Study.objects.bulk_create(
+            Study(study_instance_uid=f"1.2.826.0.1.3680043.8.498.{number}")
+            for number in range(100, 126)
+        )
+        url = reverse("frontdesk:unmatched_images")
+        first = page_text(staff_client.get(url))
+        assert first.count('class="record"') == 25
+        assert "Page 1 of 2" in first
+        assert 'href="?page=2"' in first
+        second = page_text(staff_client.get(url, {"page": "2"}))
+        assert second.count('class="record"') == 1
+        assert 'href="?page=1"' in second
+        invalid = page_text(staff_client.get(url, {"page": "not-a-number"}))
+        assert "Page 1 of 2" in invalid

@@ -143,6 +143,18 @@ class WaitingStudy:
     modalities: list[str]
 
 
+@dataclass(frozen=True)
+class PatientMismatch:
+    """Flags for the images' patient details that disagree with an exam's patient."""
+
+    unreadable: bool = False
+    name: bool = False
+    birth_date: bool = False
+
+    def __bool__(self) -> bool:
+        return self.unreadable or self.name or self.birth_date
+
+
 def study_patient(study: Study) -> StudyPatient | None:
     """Return the patient details in the header of one of the study's files."""
     instance = Instance.objects.filter(series__study=study).order_by("pk").first()
@@ -203,18 +215,23 @@ def read_study_patient(instance: Instance) -> StudyPatient | None:
     )
 
 
-def details_differ(found: StudyPatient | None, exam: Exam) -> bool:
-    """Return True when the images' name or birth date disagree with the exam's.
+def compare_patient_details(found: StudyPatient | None, exam: Exam) -> PatientMismatch:
+    """Compare the images' name and birth date with the exam's patient.
 
     Images without readable details count as differing, so that staff
-    confirm the choice.
+    confirm the choice. The name agrees when every word of the patient's
+    family name is in the images' name. Images without a birth date agree
+    with any birth date.
     """
     if found is None:
-        return True
+        return PatientMismatch(unreadable=True)
     patient = exam.visit.patient
-    if not _name_words(patient.family_name) <= found.name_words:
-        return True
-    return found.birth_date is not None and found.birth_date != patient.birth_date
+    return PatientMismatch(
+        name=not _name_words(patient.family_name) <= found.name_words,
+        birth_date=(
+            found.birth_date is not None and found.birth_date != patient.birth_date
+        ),
+    )
 
 
 def _name_words(name: str) -> set[str]:

@@ -28,7 +28,7 @@ from viewbox.frontdesk.forms import PrintPassForm, VisitSearchForm
 from viewbox.frontdesk.models import HelpRequest
 from viewbox.frontdesk.portal_pass import render_portal_pass
 from viewbox.frontdesk.two_factor import is_verified_staff
-from viewbox.records.models import Exam, Visit
+from viewbox.records.models import Exam, Study, Visit
 
 logger = logging.getLogger(__name__)
 
@@ -220,25 +220,37 @@ def unmatched_images(request: HttpRequest) -> HttpResponse:
     return _render(request, "frontdesk/unmatched_images.html", context)
 
 
+def _choose_exam_context(
+    study: Study,
+    found: queries.StudyPatient | None,
+    accession_number: str,
+    chosen: Exam | None = None,
+    mismatch: queries.PatientMismatch | None = None,
+) -> dict[str, Any]:
+    exams = queries.exams_by_accession(accession_number) if accession_number else None
+    return {
+        "title": _("Attach images to an exam"),
+        "study": study,
+        "found": found,
+        "accession_number": accession_number,
+        "rows": (
+            [(exam, queries.compare_patient_details(found, exam)) for exam in exams]
+            if exams is not None
+            else None
+        ),
+        "chosen": chosen,
+        "mismatch": mismatch,
+    }
+
+
 @require_http_methods(["GET", "POST"])
 @staff_required
 def choose_exam(request: HttpRequest, study_id: int) -> HttpResponse:
     """List the exams with a typed accession number, so staff see whom they pick."""
     study = get_object_or_404(queries.unmatched_studies(), pk=study_id)
     accession_number = request.POST.get("accession_number", "").strip()
-    exams = queries.exams_by_accession(accession_number) if accession_number else None
     found = queries.study_patient(study)
-    context = {
-        "title": _("Attach images to an exam"),
-        "study": study,
-        "found": found,
-        "accession_number": accession_number,
-        "rows": (
-            [(exam, queries.details_differ(found, exam)) for exam in exams]
-            if exams is not None
-            else None
-        ),
-    }
+    context = _choose_exam_context(study, found, accession_number)
     return _render(request, "frontdesk/choose_exam.html", context)
 
 
@@ -253,18 +265,24 @@ def attach_images(request: HttpRequest, study_id: int) -> HttpResponse:
     exam = get_object_or_404(
         Exam.objects.select_related("visit__patient"), public_id=exam_id
     )
-    differ = queries.details_differ(queries.study_patient(study), exam)
-    if differ and request.POST.get("confirm_mismatch") != "on":
-        # Images of one patient on another's exam would show them to the
-        # wrong person: a mismatch needs an explicit confirmation.
-        messages.error(
-            request,
-            _(
-                "The name or date of birth in the images differs from the "
-                "exam's patient. Tick the confirmation to attach them anyway."
-            ),
+
+    # Images of one patient on another's exam would show them to the wrong
+    # person, so a mismatch needs an explicit confirmation. The page comes
+    # back with the same choice and names the details that differ.
+    found = queries.study_patient(study)
+    mismatch = queries.compare_patient_details(found, exam)
+    if mismatch and request.POST.get("confirm_mismatch") != "on":
+        logger.info(
+            "Staff member %d must confirm attaching study %d to exam %d",
+            request.user.pk,
+            study.pk,
+            exam.pk,
         )
-        return redirect("frontdesk:unmatched_images")
+        context = _choose_exam_context(
+            study, found, exam.accession_number, chosen=exam, mismatch=mismatch
+        )
+        return _render(request, "frontdesk/choose_exam.html", context, 400)
+
     try:
         actions.attach_study(request.user, study.pk, exam)  # type: ignore[arg-type]
     except actions.StudyAlreadyAttached:

@@ -171,5 +171,16 @@ class TestWaitingImagesOnPhone:
         assert box is not None
         assert box["x"] >= 0
         assert box["x"] + box["width"] <= 320
+
+        # Alice's exam is someone else's: the page comes back with the choice
+        # and names what differs, and it still fits.
+        study.get_by_role("link", name="Attach to an exam").click()
+        page.get_by_label("Accession number of the exam").fill("DEMOCT1001")
+        page.get_by_role("button", name="Find the exam").click()
+        page.get_by_role("button", name="Attach to this exam").click()
+        alert = page.get_by_role("alert")
+        assert alert.get_by_text("Date of birth: the images say March 9, 1975").count()
+        assert page.get_by_text("You chose this exam.").is_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
         assert not_found == []
         context.close()

@@ -115,24 +115,12 @@ def import_waiting_ct(
 
 @pytest.mark.django_db
 class TestAttachChecksThePatient:
-    def test_other_patients_images_need_a_confirmation(
-        self, staff_client, exam, tmp_path
-    ) -> None:
+    def test_choice_lists_the_other_patient(self, staff_client, exam, tmp_path):
         study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "19600101")
         choose = reverse("frontdesk:choose_exam", args=[study.pk])
         page = staff_client.post(choose, {"accession_number": "ACC-FD-1"})
-        assert b"Olive OTHER" in page.content or b"OLIVE OTHER" in page.content
-        assert b"differs from the images" in page.content
-        attach = reverse("frontdesk:attach_images", args=[study.pk])
-        response = staff_client.post(attach, {"exam": str(exam.public_id)}, follow=True)
-        assert b"Tick the confirmation" in response.content
-        study.refresh_from_db()
-        assert study.exam is None
-        staff_client.post(
-            attach, {"exam": str(exam.public_id), "confirm_mismatch": "on"}
-        )
-        study.refresh_from_db()
-        assert study.exam == exam
+        assert b"OLIVE OTHER" in page.content
+        assert b"The name or date of birth differs from the images." in page.content
 
     def test_malformed_header_values_are_not_logged(
         self, staff_client, exam, tmp_path, caplog, recwarn
@@ -159,6 +147,94 @@ class TestAttachChecksThePatient:
 def page_text(response) -> str:
     """Return a response's HTML with entities decoded, for exact messages."""
     return html.unescape(response.content.decode())
+
+
+@pytest.mark.django_db
+class TestMismatchNeedsConfirmation:
+    def test_unconfirmed_mismatch_shows_the_choice_again(
+        self, staff_client, exam, tmp_path, caplog
+    ) -> None:
+        study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "19600101")
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        with caplog.at_level(logging.DEBUG):
+            response = staff_client.post(attach, {"exam": str(exam.public_id)})
+
+        assert response.status_code == 400
+        text = page_text(response)
+        assert (
+            "Not attached yet: the images' patient details differ from the "
+            "exam's patient." in text
+        )
+        assert (
+            "Name: the images say OLIVE OTHER; the exam's patient is "
+            "Fiona Testpatient." in text
+        )
+        assert (
+            "Date of birth: the images say January 1, 1960; the exam's patient "
+            "was born April 12, 1980." in text
+        )
+        assert 'value="ACC-FD-1"' in text
+        assert "You chose this exam." in text
+        assert f'name="exam" value="{exam.public_id}"' in text
+        assert 'aria-describedby="mismatch-message"' in text
+        study.refresh_from_db()
+        assert study.exam is None
+        assert not AuditEvent.objects.filter(action="images.attach").exists()
+        for detail in ("OLIVE", "OTHER", "Fiona", "Testpatient", "1960", "1980"):
+            assert detail not in caplog.text
+
+    def test_only_differing_birth_date_is_named(
+        self, staff_client, exam, tmp_path
+    ) -> None:
+        study = import_waiting_ct(tmp_path, "TESTPATIENT^FIONA", "19800413")
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        response = staff_client.post(attach, {"exam": str(exam.public_id)})
+        assert response.status_code == 400
+        text = page_text(response)
+        assert (
+            "Date of birth: the images say April 13, 1980; the exam's patient "
+            "was born April 12, 1980." in text
+        )
+        assert "Name: the images say" not in text
+
+    def test_only_differing_name_is_named(self, staff_client, exam, tmp_path):
+        study = import_waiting_ct(tmp_path, "OTHER^FIONA", "19800412")
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        response = staff_client.post(attach, {"exam": str(exam.public_id)})
+        assert response.status_code == 400
+        text = page_text(response)
+        assert (
+            "Name: the images say FIONA OTHER; the exam's patient is "
+            "Fiona Testpatient." in text
+        )
+        assert "Date of birth: the images say" not in text
+
+    def test_unreadable_images_are_named(
+        self, staff_client, waiting_study, exam
+    ) -> None:
+        attach = reverse("frontdesk:attach_images", args=[waiting_study.pk])
+        response = staff_client.post(attach, {"exam": str(exam.public_id)})
+        assert response.status_code == 400
+        text = page_text(response)
+        assert "The name and date of birth in the images cannot be read." in text
+        waiting_study.refresh_from_db()
+        assert waiting_study.exam is None
+
+    def test_confirmed_mismatch_attaches(
+        self, staff_client, staff_member, exam, tmp_path
+    ) -> None:
+        study = import_waiting_ct(tmp_path, "OTHER^OLIVE", "19600101")
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        response = staff_client.post(
+            attach, {"exam": str(exam.public_id), "confirm_mismatch": "on"}
+        )
+        assert response.status_code == 302
+        assert response["Location"] == reverse("frontdesk:unmatched_images")
+        study.refresh_from_db()
+        assert study.exam == exam
+        event = AuditEvent.objects.get(action="images.attach")
+        assert event.actor_id == str(staff_member.pk)
+        assert event.exam_id == exam.pk
 
 
 @pytest.mark.django_db

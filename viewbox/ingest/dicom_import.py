@@ -155,10 +155,15 @@ def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
 def _integer(ds: FileDataset, keyword: str) -> int | None:
     """Return an integer value, or None when it is missing, invalid or too large.
 
+    An IS value that is not a whole number, such as "3.5", counts as invalid.
     The integer columns of the database contain signed 32-bit values.
     """
     try:
         value = ds.get(keyword)
+        if isinstance(value, float) and not value.is_integer():
+            # pydicom reads "3.5" in an IS value as a float, which int() cuts
+            # to 3.
+            return None
         number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError, OverflowError):
         # OverflowError: pydicom reads "inf" in an IS value as infinity.

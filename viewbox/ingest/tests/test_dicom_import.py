@@ -405,6 +405,50 @@ class TestStoredFiles:
         assert Instance.objects.get().instance_number is None
         assert Series.objects.get().series_number is None
 
+    @pytest.mark.parametrize("number", ["3.5", "-2.5", "0.1", "7.000001"])
+    def test_fractional_instance_number_is_dropped(
+        self, alice_exam, tmp_path, number
+    ) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = "99"
+        ds.SeriesNumber = "1234567890"
+        ds.save_as(path)
+        replace_is_value(path, 0x00200013, "99", number)
+        replace_is_value(path, 0x00200011, "1234567890", number)
+        run_import(path)
+        instance = Instance.objects.get()
+        assert instance.instance_number is None
+        assert Series.objects.get().series_number is None
+        # Rows and Columns (US) are read by the same helper.
+        assert instance.rows == 128
+        assert instance.columns == 128
+        assert instance.number_of_frames == 1
+
+    @pytest.mark.parametrize(
+        ("number", "stored"),
+        [
+            ("3", 3),
+            ("-7", -7),
+            ("+12", 12),
+            ("0", 0),
+            ("3.0", 3),
+            ("-2147483648", -(2**31)),
+        ],
+    )
+    def test_whole_instance_number_is_kept(
+        self, alice_exam, tmp_path, number, stored
+    ) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = "99"
+        ds.save_as(path)
+        replace_is_value(path, 0x00200013, "99", number)
+        run_import(path)
+        instance = Instance.objects.get()
+        assert instance.instance_number == stored
+        assert (instance.rows, instance.columns) == (128, 128)
+
     def test_unknown_character_set_is_not_quoted(
         self, alice_exam, tmp_path, caplog
     ) -> None:

@@ -613,9 +613,11 @@ def _check_announced_uids(
 ) -> None:
     announced_class, announced_instance = announced
     if sop_class_uid != announced_class:
+        # The message goes to the log, the quarantine and the sender, so
+        # only valid UIDs are quoted in it.
         raise DatasetMismatchError(
-            f"SOPClassUID {sop_class_uid!r} differs from the announced "
-            f"{announced_class!r}"
+            f"SOPClassUID {quoted_uid(sop_class_uid)} differs from the announced "
+            f"{quoted_uid(announced_class)}"
         )
     if sop_instance_uid != announced_instance:
         # Instance UIDs are left out: they identify the patient's study.

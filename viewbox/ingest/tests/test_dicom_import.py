@@ -24,6 +24,8 @@ from viewbox.conftest import (
 from viewbox.ingest import dicom_import
 from viewbox.ingest.dicom_import import (
     INSERTED_INSTANCE_FIELDS,
+    DatasetMismatchError,
+    check_dicom_file,
     describe_storage_error,
     quoted_uid,
 )
@@ -334,6 +336,47 @@ class TestStorageErrors:
     def test_os_error_keeps_reason_not_path(self) -> None:
         error = FileNotFoundError(errno.ENOENT, "No such file", "/media/dicom/1/x.dcm")
         assert describe_storage_error(error) == "FileNotFoundError: No such file"
+
+
+class TestAnnouncedUids:
+    # Only the DICOM receiver announces UIDs, from the C-STORE request.
+    def test_announced_class_not_a_uid_is_not_quoted(self, tmp_path) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        announced = ("Testpatient^Alice 19800412", ds.SOPInstanceUID)
+        with pytest.raises(DatasetMismatchError) as raised:
+            check_dicom_file(path, announced)
+        assert str(raised.value) == (
+            "SOPClassUID '1.2.840.10008.5.1.4.1.1.2' differs from the announced "
+            "(not a valid UID)"
+        )
+
+    def test_announced_class_too_long_is_not_quoted(self, tmp_path) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        announced = ("1.2." * 20, ds.SOPInstanceUID)
+        with pytest.raises(DatasetMismatchError) as raised:
+            check_dicom_file(path, announced)
+        assert str(raised.value).endswith(
+            "differs from the announced (not a valid UID)"
+        )
+
+    def test_other_announced_class_is_quoted(self, tmp_path) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        announced = ("1.2.840.10008.5.1.4.1.1.4", ds.SOPInstanceUID)
+        with pytest.raises(DatasetMismatchError) as raised:
+            check_dicom_file(path, announced)
+        assert str(raised.value) == (
+            "SOPClassUID '1.2.840.10008.5.1.4.1.1.2' differs from the announced "
+            "'1.2.840.10008.5.1.4.1.1.4'"
+        )
+
+    def test_announced_uids_of_the_file_pass(self, tmp_path) -> None:
+        path = write_copy(SMALL_CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        checked = check_dicom_file(path, (ds.SOPClassUID, ds.SOPInstanceUID))
+        assert checked.sop_class_uid == ds.SOPClassUID
 
 
 class TestStoredFiles:

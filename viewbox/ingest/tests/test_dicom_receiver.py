@@ -414,6 +414,33 @@ class TestAnnouncedUids:
             "SOPInstanceUID differs from the one announced in the C-STORE request"
         )
 
+    def test_mismatched_class_uids_are_quoted(
+        self, receiver, monkeypatch, tmp_path, caplog
+    ) -> None:
+        path = ct_copy(tmp_path)
+        ds = pydicom.dcmread(path)
+        mr_image = "1.2.840.10008.5.1.4.1.1.4"
+        ds.file_meta.MediaStorageSOPClassUID = mr_image
+        ds.save_as(path)
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+        sender = AE(ae_title="STORESCU")
+        sender.add_requested_context(mr_image, ExplicitVRLittleEndian)
+        association = sender.associate("127.0.0.1", receiver, ae_title="VIEWBOX")
+        assert association.is_established
+        status = association.send_c_store(path)
+        association.release()
+
+        expected = (
+            f"SOPClassUID '{ds.SOPClassUID}' differs from the announced '{mr_image}'"
+        )
+        assert status.Status == 0xA900
+        # Error Comment (0000,0902) is an LO value of at most 64 characters.
+        assert status.ErrorComment == expected[:64]
+        assert Instance.objects.count() == 0
+        assert QuarantinedFile.objects.get().reason == expected
+        assert expected in caplog.text
+
 
 class TestDcmsend:
     def test_compressed_files_are_stored_unchanged(

@@ -45,6 +45,8 @@ _NUMBER_OF_FRAMES = 0x00280008
 _WHOLE_NUMBER = re.compile(r"\+?[0-9]{1,10}")
 _INTEGER_MIN: Final = -(2**31)
 _INTEGER_MAX: Final = 2**31 - 1
+# Written in messages and responses in place of a value that is not a UID.
+NOT_A_UID: Final = "(not a valid UID)"
 # Image Storage SOP Classes (PS3.4 Annex B.5) that the receiver accepts. An
 # instance of one of them without Pixel Data is a file cut short.
 IMAGE_STORAGE_SOP_CLASSES: Final = (
@@ -143,7 +145,15 @@ def quoted_uid(value: str) -> str:
     """
     if _is_uid(value):
         return repr(value)
-    return "(not a valid UID)"
+    return NOT_A_UID
+
+
+def uid_or_placeholder(value: str) -> str:
+    """Return a UID unchanged, or a placeholder when it is not a UID.
+
+    A field that is not a UID may contain anything, a patient's name included.
+    """
+    return value if _is_uid(value) else NOT_A_UID
 
 
 def _text(ds: FileDataset, keyword: str, max_length: int) -> str:

@@ -231,3 +231,62 @@ class TestStowBody:
         body = json.loads(response.content)
         assert set(body) == {"00081198", "00081199"}
         assert body["00081198"]["vr"] == "SQ"
+
+
+@pytest.mark.django_db
+class TestStowResponseUids:
+    def test_invalid_instance_uid_is_not_returned(self, tmp_path) -> None:
+        path = write_copy(
+            CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001", sop="Testpatient^Alice"
+        )
+        response = post(Client(), multipart(path.read_bytes()))
+        assert response.status_code == 409
+        assert sequence(response, "00081198") == [
+            {
+                "00081150": {"vr": "UI", "Value": [pydicom.dcmread(path).SOPClassUID]},
+                "00081155": {"vr": "UI", "Value": ["(not a valid UID)"]},
+                "00081197": {"vr": "US", "Value": [0xC000]},
+            }
+        ]
+        assert b"Testpatient" not in response.content
+
+    def test_invalid_class_uid_is_not_returned(self, tmp_path) -> None:
+        path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001")
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "Testpatient^Alice"
+        ds.save_as(path, enforce_file_format=True)
+        response = post(Client(), multipart(path.read_bytes()))
+        assert response.status_code == 409
+        assert sequence(response, "00081198") == [
+            {
+                "00081150": {"vr": "UI", "Value": ["(not a valid UID)"]},
+                "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+                "00081197": {"vr": "US", "Value": [0x0122]},
+            }
+        ]
+        assert b"Testpatient" not in response.content
+        assert QuarantinedFile.objects.get().reason == (
+            "SOPClassUID (not a valid UID) is not a supported storage class"
+        )
+
+    def test_overlong_instance_uid_is_not_returned(self, tmp_path) -> None:
+        overlong = "1.2." * 20 + "3"
+        path = write_copy(CT, tmp_path / "a.dcm", "DEMO-1001", "ACC1001", sop=overlong)
+        response = post(Client(), multipart(path.read_bytes()))
+        assert response.status_code == 409
+        [failed] = sequence(response, "00081198")
+        assert failed["00081155"] == {"vr": "UI", "Value": ["(not a valid UID)"]}
+        assert overlong.encode() not in response.content
+
+    def test_valid_uids_of_failed_part_are_returned(self, ct_file) -> None:
+        response = post(
+            Client(), multipart(ct_file.read_bytes()), url="/dicomweb/studies/1.2.3.4"
+        )
+        ds = pydicom.dcmread(ct_file)
+        assert sequence(response, "00081198") == [
+            {
+                "00081150": {"vr": "UI", "Value": [ds.SOPClassUID]},
+                "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+                "00081197": {"vr": "US", "Value": [0xA900]},
+            }
+        ]

@@ -135,8 +135,8 @@ class Command(BaseCommand):
             type=int,
             help=(
                 "process ID of run_dicom_receiver: fail as soon as it has ended, "
-                "and accept a response only while it listens on the port, so that "
-                "another program on the port does not pass for it"
+                "and, on Linux, accept a response only while it listens on the "
+                "port, so that another program on the port does not pass for it"
             ),
         )
 
@@ -178,6 +178,8 @@ class Command(BaseCommand):
         self, host: str, port: int, calling: str, called: str, pid: int | None
     ) -> str | None:
         """Check the receiver once; return what went wrong, or None."""
+        # NOTE: without /proc (not Linux), a response from another program on
+        # the port passes for the receiver's.
         holds_port = None if pid is None else _holds_listening_socket(pid, port)
         if holds_port is False:
             return f"process {pid} does not listen on port {port}"

@@ -45,8 +45,6 @@ _NUMBER_OF_FRAMES = 0x00280008
 _WHOLE_NUMBER = re.compile(r"\+?[0-9]{1,10}")
 _INTEGER_MIN: Final = -(2**31)
 _INTEGER_MAX: Final = 2**31 - 1
-# Written in messages and responses in place of a value that is not a UID.
-NOT_A_UID: Final = "(not a valid UID)"
 # Image Storage SOP Classes (PS3.4 Annex B.5) that the receiver accepts. An
 # instance of one of them without Pixel Data is a file cut short.
 IMAGE_STORAGE_SOP_CLASSES: Final = (
@@ -125,7 +123,7 @@ def _uid(ds: FileDataset, keyword: str) -> str:
     value = str(ds.get(keyword, "") or "").strip()
     if not value:
         raise UnusableDicomError(f"{keyword} is missing")
-    if not _is_uid(value):
+    if not is_uid(value):
         # The value is left out: a sender may have put a name in the field.
         raise UnusableDicomError(
             f"{keyword} is not a valid UID: {len(value)} characters that are not "
@@ -134,7 +132,8 @@ def _uid(ds: FileDataset, keyword: str) -> str:
     return value
 
 
-def _is_uid(value: str) -> bool:
+def is_uid(value: str) -> bool:
+    """Return whether value is a valid UID: digits and dots, 64 characters at most."""
     return len(value) <= 64 and bool(_UID.match(value))
 
 
@@ -143,17 +142,9 @@ def quoted_uid(value: str) -> str:
 
     A field that is not a UID may contain anything, a patient's name included.
     """
-    if _is_uid(value):
+    if is_uid(value):
         return repr(value)
-    return NOT_A_UID
-
-
-def uid_or_placeholder(value: str) -> str:
-    """Return a UID unchanged, or a placeholder when it is not a UID.
-
-    A field that is not a UID may contain anything, a patient's name included.
-    """
-    return value if _is_uid(value) else NOT_A_UID
+    return "(not a valid UID)"
 
 
 def _text(ds: FileDataset, keyword: str, max_length: int) -> str:
@@ -326,7 +317,7 @@ def _check_encoding(stream: BinaryIO, ds: FileDataset) -> None:
     ):
         raise UnusableDicomError(
             "the data set is not encoded in Explicit VR as Transfer Syntax UID "
-            f"{syntax if _is_uid(syntax) else '(not a valid UID)'} says"
+            f"{syntax if is_uid(syntax) else '(not a valid UID)'} says"
         )
 
 

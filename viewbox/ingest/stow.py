@@ -28,8 +28,8 @@ from viewbox.ingest.dicom_import import (
     UnusableDicomError,
     describe_storage_error,
     import_dicom_file,
+    is_uid,
     quoted_uid,
-    uid_or_placeholder,
 )
 from viewbox.ingest.dicom_receiver import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from viewbox.ingest.models import QuarantinedFile
@@ -172,19 +172,14 @@ class StoreResponse:
 def _sop_reference(sop_class_uid: str, sop_instance_uid: str) -> dict[str, Any]:
     """Return a response item with a part's SOP Class and Instance UIDs.
 
-    A UID that is missing is left out. One that is not valid is replaced by
-    a placeholder, because the field may contain anything, a patient's name
-    included.
+    A UID that is missing is left out. One that is not valid is sent
+    without a value, because the field may contain anything, a patient's
+    name included, and DICOM JSON allows an attribute with no value.
     """
-    # NOTE: the placeholder is not a valid UI value either, so a client that
-    # checks each value of the response strictly may reject it.
     item: dict[str, Any] = {}
-    if sop_class_uid:
-        class_uid = uid_or_placeholder(sop_class_uid)
-        item["00081150"] = {"vr": "UI", "Value": [class_uid]}
-    if sop_instance_uid:
-        instance_uid = uid_or_placeholder(sop_instance_uid)
-        item["00081155"] = {"vr": "UI", "Value": [instance_uid]}
+    for tag, uid in (("00081150", sop_class_uid), ("00081155", sop_instance_uid)):
+        if uid:
+            item[tag] = {"vr": "UI", "Value": [uid]} if is_uid(uid) else {"vr": "UI"}
     return item
 
 

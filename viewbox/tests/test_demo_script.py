@@ -1,5 +1,6 @@
 """scripts/demo, run as a user runs it, on loopback ports of its own."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -28,13 +29,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@contextmanager
-def running_demo(tmp_path: Path, dicom_port: int) -> Iterator[tuple[str, Path]]:
-    """Run scripts/demo until it prints its directions; yield them and its data.
-
-    The demo runs in a process group of its own, which is stopped after.
-    """
-    data = tmp_path / "data"
+def demo_environment(data: Path, web_port: int, dicom_port: int) -> dict[str, str]:
+    """Return the environment of a demo on its own loopback ports and data folder."""
     environment = {
         name: value
         for name, value in os.environ.items()
@@ -42,12 +38,23 @@ def running_demo(tmp_path: Path, dicom_port: int) -> Iterator[tuple[str, Path]]:
     }
     environment.update(
         VIEWBOX_DATA_DIR=str(data),
-        VIEWBOX_PORT=str(free_port()),
+        VIEWBOX_PORT=str(web_port),
         VIEWBOX_EMAIL_PORT=str(free_port()),
         VIEWBOX_HL7_PORT=str(free_port()),
         VIEWBOX_DICOM_PORT=str(dicom_port),
         TCP_NODELAY="1",
     )
+    return environment
+
+
+@contextmanager
+def running_demo(tmp_path: Path, dicom_port: int) -> Iterator[tuple[str, Path]]:
+    """Run scripts/demo until it prints its directions; yield them and its data.
+
+    The demo runs in a process group of its own, which is stopped after.
+    """
+    data = tmp_path / "data"
+    environment = demo_environment(data, free_port(), dicom_port)
     output_path = tmp_path / "demo-output.txt"
     with output_path.open("wb") as output:
         demo = subprocess.Popen(
@@ -112,3 +119,32 @@ class TestDemoDicomReceiver:
         ) in output
         assert "failed to start" not in output
         assert "responded to a C-ECHO from STORESCU" in dicom_log
+
+
+class TestDemoWebServer:
+    def test_taken_web_port_stops_the_demo(self, tmp_path) -> None:
+        # Another web server holds the port, as a demo started earlier would.
+        with socket.create_server(("127.0.0.1", 0)) as other:
+            port = other.getsockname()[1]
+            environment = demo_environment(tmp_path / "data", port, free_port())
+            demo = subprocess.Popen(
+                [str(REPO / "scripts" / "demo")],
+                cwd=REPO,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                stdout, stderr = demo.communicate(timeout=DEMO_START_SECONDS)
+            finally:
+                # A demo that went on would leave its servers running.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+
+        assert demo.returncode == 1
+        assert f"Port {port} on 127.0.0.1 is in use" in stderr
+        assert "set VIEWBOX_PORT to a free port" in stderr
+        assert "Viewbox is running" not in stdout

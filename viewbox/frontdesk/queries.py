@@ -200,13 +200,16 @@ def read_study_patient(instance: Instance) -> StudyPatient | None:
         return None
     raw_name = str(header.get("PatientName", "") or "")
     words = frozenset(_name_words(raw_name))
+    # A name may have ideographic and phonetic groups after "=" (PS3.5
+    # section 6.2.1.2); the first, alphabetic one is shown.
+    shown_name = raw_name.split("=")[0]
     birth = None
     try:
         value = str(header.get("PatientBirthDate", "") or "")
         birth = datetime.strptime(value, "%Y%m%d").date() if value else None
     except ValueError:
         birth = None
-    display = " ".join(part for part in reversed(raw_name.split("^")[:2]) if part)
+    display = " ".join(part for part in reversed(shown_name.split("^")[:2]) if part)
     return StudyPatient(
         name_words=words,
         display_name=display,
@@ -220,14 +223,16 @@ def compare_patient_details(found: StudyPatient | None, exam: Exam) -> PatientMi
 
     Images without readable details count as differing, so that staff
     confirm the choice. The name agrees when every word of the patient's
-    family name is in the images' name. Images without a birth date agree
-    with any birth date.
+    family and given names is in the images' name, so that a relative with
+    the same family name needs a confirmation. Images without a birth date
+    agree with any birth date.
     """
     if found is None:
         return PatientMismatch(unreadable=True)
     patient = exam.visit.patient
+    patient_words = _name_words(patient.family_name) | _name_words(patient.given_name)
     return PatientMismatch(
-        name=not _name_words(patient.family_name) <= found.name_words,
+        name=not patient_words <= found.name_words,
         birth_date=(
             found.birth_date is not None and found.birth_date != patient.birth_date
         ),
@@ -235,4 +240,4 @@ def compare_patient_details(found: StudyPatient | None, exam: Exam) -> PatientMi
 
 
 def _name_words(name: str) -> set[str]:
-    return {word.casefold() for word in re.split(r"[\^\s,-]+", name) if word}
+    return {word.casefold() for word in re.split(r"[\^=\s,-]+", name) if word}

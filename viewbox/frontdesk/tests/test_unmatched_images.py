@@ -99,6 +99,7 @@ def import_waiting_ct(
     With ``study_uid``, the file joins that study as a new series.
     """
     ds = pydicom.dcmread(package_path("data_store", "data/693_J2KR.dcm"))
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, for any name
     ds.PatientName = name
     ds.PatientBirthDate = birth
     ds.PatientID = "MRN-UNKNOWN"
@@ -196,6 +197,35 @@ class TestMismatchNeedsConfirmation:
             "was born April 12, 1980." in text
         )
         assert "Name: the images say" not in text
+
+    def test_relative_without_birth_date_needs_confirmation(
+        self, staff_client, exam, tmp_path
+    ) -> None:
+        # Same family name, another given name, and no birth date to tell.
+        study = import_waiting_ct(tmp_path, "TESTPATIENT^ROBERT", "")
+        attach = reverse("frontdesk:attach_images", args=[study.pk])
+        response = staff_client.post(attach, {"exam": str(exam.public_id)})
+        assert response.status_code == 400
+        text = page_text(response)
+        assert (
+            "Name: the images say ROBERT TESTPATIENT; the exam's patient is "
+            "Fiona Testpatient." in text
+        )
+        assert "Date of birth: the images say" not in text
+        study.refresh_from_db()
+        assert study.exam is None
+
+    def test_name_groups_after_equals_are_not_shown(
+        self, staff_client, exam, tmp_path
+    ) -> None:
+        study = import_waiting_ct(
+            tmp_path, "TESTPATIENT^FIONA=テスト^フィオナ", "19800412"
+        )
+        choose = reverse("frontdesk:choose_exam", args=[study.pk])
+        page = page_text(staff_client.post(choose, {"accession_number": "ACC-FD-1"}))
+        assert "FIONA TESTPATIENT" in page
+        assert "テスト" not in page
+        assert "differs from the images" not in page
 
     def test_only_differing_name_is_named(self, staff_client, exam, tmp_path):
         study = import_waiting_ct(tmp_path, "OTHER^FIONA", "19800412")

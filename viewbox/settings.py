@@ -406,6 +406,11 @@ LOGGING = {
 # (request.read()) are not limited by these.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Files saved through the storage (packages, previews) hold health
+# information: only the service's user may read them. Django's default is
+# 0o644, whatever the umask.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
 # One DICOM file, checked before it is parsed (VIEWBOX_DICOM_MAX_FILE_BYTES).
 DICOM_MAX_FILE_BYTES = int(

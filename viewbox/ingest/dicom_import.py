@@ -45,6 +45,10 @@ _NUMBER_OF_FRAMES = 0x00280008
 _WHOLE_NUMBER = re.compile(r"\+?[0-9]{1,10}")
 _INTEGER_MIN: Final = -(2**31)
 _INTEGER_MAX: Final = 2**31 - 1
+# Stored files hold health information: only the service's user reads them,
+# whatever the umask of the process that imports them.
+_STORED_FILE_MODE: Final = 0o600
+_COPY_BUFFER_BYTES: Final = 1024 * 1024
 # Image Storage SOP Classes (PS3.4 Annex B.5) that the receiver accepts. An
 # instance of one of them without Pixel Data is a file cut short.
 IMAGE_STORAGE_SOP_CLASSES: Final = (
@@ -519,7 +523,11 @@ def _fsync_file(path: Path) -> None:
 
 
 def _move_durably(source: Path, target: Path) -> bool:
-    """Fsync source and rename it to target; return False across file systems."""
+    """Fsync source and rename it to target; return False across file systems.
+
+    Source becomes readable by its owner alone, as a copy would be.
+    """
+    os.chmod(source, _STORED_FILE_MODE)
     _fsync_file(source)
     try:
         os.replace(source, target)
@@ -528,6 +536,15 @@ def _move_durably(source: Path, target: Path) -> bool:
             return False
         raise
     return True
+
+
+def _copy_privately(source: Path, target: Path) -> None:
+    """Copy source to a new file target that only its owner can read."""
+    descriptor = os.open(
+        target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _STORED_FILE_MODE
+    )
+    with open(descriptor, "wb") as copy, source.open("rb") as original:
+        shutil.copyfileobj(original, copy, _COPY_BUFFER_BYTES)
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -562,7 +579,7 @@ def _store_durably(source: Path, name: str, *, move: bool) -> None:
     if not (move and _move_durably(source, target)):
         partial = target.with_name(f".{target.name}.partial")
         try:
-            shutil.copyfile(source, partial)
+            _copy_privately(source, partial)
             _fsync_file(partial)
             os.replace(partial, target)
         except BaseException:

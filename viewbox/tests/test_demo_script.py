@@ -121,30 +121,49 @@ class TestDemoDicomReceiver:
         assert "responded to a C-ECHO from STORESCU" in dicom_log
 
 
-class TestDemoWebServer:
+def run_until_exit(environment: dict[str, str]) -> tuple[int, str, str]:
+    """Run scripts/demo, expecting it to stop by itself; return its status and output.
+
+    A demo that went on instead is stopped with its whole process group.
+    """
+    demo = subprocess.Popen(
+        [str(REPO / "scripts" / "demo")],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = demo.communicate(timeout=DEMO_START_SECONDS)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
+    return demo.returncode, stdout, stderr
+
+
+class TestDemoPorts:
     def test_taken_web_port_stops_the_demo(self, tmp_path) -> None:
         # Another web server holds the port, as a demo started earlier would.
         with socket.create_server(("127.0.0.1", 0)) as other:
             port = other.getsockname()[1]
             environment = demo_environment(tmp_path / "data", port, free_port())
-            demo = subprocess.Popen(
-                [str(REPO / "scripts" / "demo")],
-                cwd=REPO,
-                env=environment,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-            try:
-                stdout, stderr = demo.communicate(timeout=DEMO_START_SECONDS)
-            finally:
-                # A demo that went on would leave its servers running.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(demo.pid, signal.SIGKILL)
-                demo.wait()
+            status, stdout, stderr = run_until_exit(environment)
 
-        assert demo.returncode == 1
-        assert f"Port {port} on 127.0.0.1 is in use" in stderr
+        assert status == 1
+        assert f"Port {port} on 127.0.0.1 is in use, so the web server" in stderr
         assert "set VIEWBOX_PORT to a free port" in stderr
         assert "Viewbox is running" not in stdout
+
+    def test_taken_hl7_port_stops_the_demo(self, tmp_path) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as other:
+            port = other.getsockname()[1]
+            environment = demo_environment(tmp_path / "data", free_port(), free_port())
+            environment["VIEWBOX_HL7_PORT"] = str(port)
+            status, _, stderr = run_until_exit(environment)
+
+        assert status == 1
+        assert f"Port {port} on 127.0.0.1 is in use, so the HL7 listener" in stderr
+        assert "set VIEWBOX_HL7_PORT to a free port" in stderr

@@ -7,6 +7,16 @@ if __name__ == "__main__":
     # a command creates is for the service's user alone.
     os.umask(0o077)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "viewbox.settings")
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as error:
+        # An invalid value in the environment stops the settings from loading.
+        # It is the operator's to fix, so print its one-line message, not a
+        # traceback. Other configuration errors keep their traceback.
+        if settings.configured:
+            raise
+        sys.exit(f"Cannot load the settings: {error}")

@@ -24,6 +24,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -40,6 +41,39 @@ def _read_or_create_key(env_name: str, file_name: str) -> str:
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def _int_from_env(
+    env_name: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
+    """Return the whole number in env_name, or default when it is unset or empty.
+
+    Raise ImproperlyConfigured, which manage.py prints as one line, for a
+    value that is not a whole number from minimum to maximum. Without the
+    check, int() or the code that uses the value fails with a traceback.
+    """
+    value = os.environ.get(env_name, "")
+    if not value:
+        return default
+    if maximum is None:
+        allowed = f"a whole number of {minimum} or more"
+    else:
+        allowed = f"a whole number from {minimum} to {maximum}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"Invalid {env_name}={value!r}: not a whole number. Set it to {allowed}."
+        ) from None
+    if number < minimum or (maximum is not None and number > maximum):
+        raise ImproperlyConfigured(
+            f"Invalid {env_name}={value!r}: out of range. Set it to {allowed}."
+        )
+    return number
+
+
+# TCP ports. A listener bound to port 0 takes any free port and prints it.
+_PORT_MAX = 65535
 
 
 def _database_from_url(url: str) -> dict[str, object]:
@@ -226,7 +260,7 @@ MAILERS = {
         "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
         "OPTIONS": {
             "host": os.environ.get("VIEWBOX_EMAIL_HOST", "127.0.0.1"),
-            "port": int(os.environ.get("VIEWBOX_EMAIL_PORT", "25")),
+            "port": _int_from_env("VIEWBOX_EMAIL_PORT", 25, 1, _PORT_MAX),
             "timeout": 10,
         },
     }
@@ -269,7 +303,7 @@ SESSION_ABSOLUTE_SECONDS = 12 * 60 * 60
 # is prepared again (VIEWBOX_PACKAGE_STALL_SECONDS; tests shorten it).
 PACKAGE_KEEP_HOURS = 24
 PACKAGE_WARN_HOURS = 2
-PACKAGE_STALL_SECONDS = int(os.environ.get("VIEWBOX_PACKAGE_STALL_SECONDS", "300"))
+PACKAGE_STALL_SECONDS = _int_from_env("VIEWBOX_PACKAGE_STALL_SECONDS", 300, 1)
 
 # Share links: each SHARE_PAUSE_EVERY-th wrong password in a row pauses a
 # link for SHARE_PAUSE_MINUTES, and SHARE_LOCK_AFTER of them lock it until
@@ -313,21 +347,21 @@ if HTTPS:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-PROXY_COUNT = int(os.environ.get("VIEWBOX_PROXY_COUNT", "0"))
+PROXY_COUNT = _int_from_env("VIEWBOX_PROXY_COUNT", 0, 0)
 
 # HL7 v2 listener (MLLP), started by `manage.py run_hl7_listener`. The RIS
 # connects here; bind another address only behind a firewall or VPN.
 HL7_LISTENER_HOST = os.environ.get("VIEWBOX_HL7_HOST", "127.0.0.1")
-HL7_LISTENER_PORT = int(os.environ.get("VIEWBOX_HL7_PORT", "2575"))
+HL7_LISTENER_PORT = _int_from_env("VIEWBOX_HL7_PORT", 2575, 0, _PORT_MAX)
 # A larger frame gets an AR acknowledgment and its connection is closed.
-HL7_LISTENER_MAX_MESSAGE_BYTES = int(
-    os.environ.get("VIEWBOX_HL7_MAX_MESSAGE_BYTES", str(1024 * 1024))
+HL7_LISTENER_MAX_MESSAGE_BYTES = _int_from_env(
+    "VIEWBOX_HL7_MAX_MESSAGE_BYTES", 1024 * 1024, 1
 )
 # A connection without data for this long is closed; the RIS reconnects.
-HL7_LISTENER_IDLE_TIMEOUT_SECONDS = int(
-    os.environ.get("VIEWBOX_HL7_IDLE_TIMEOUT_SECONDS", "300")
+HL7_LISTENER_IDLE_TIMEOUT_SECONDS = _int_from_env(
+    "VIEWBOX_HL7_IDLE_TIMEOUT_SECONDS", 300, 1
 )
-HL7_LISTENER_MAX_CONNECTIONS = int(os.environ.get("VIEWBOX_HL7_MAX_CONNECTIONS", "16"))
+HL7_LISTENER_MAX_CONNECTIONS = _int_from_env("VIEWBOX_HL7_MAX_CONNECTIONS", 16, 1)
 
 # Images in: the DICOM receiver (C-STORE SCP, manage.py run_dicom_receiver)
 # and STOW-RS (POST /dicomweb/studies). The receiver accepts associations
@@ -336,14 +370,14 @@ HL7_LISTENER_MAX_CONNECTIONS = int(os.environ.get("VIEWBOX_HL7_MAX_CONNECTIONS",
 # the SHA-256 of each token (hex, comma-separated), never the token itself.
 DICOM_AE_TITLE = os.environ.get("VIEWBOX_DICOM_AE_TITLE", "VIEWBOX")
 DICOM_HOST = os.environ.get("VIEWBOX_DICOM_HOST", "127.0.0.1")
-DICOM_PORT = int(os.environ.get("VIEWBOX_DICOM_PORT", "11112"))
+DICOM_PORT = _int_from_env("VIEWBOX_DICOM_PORT", 11112, 0, _PORT_MAX)
 DICOM_CALLING_AE_TITLES = [
     title.strip()
     for title in os.environ.get("VIEWBOX_DICOM_CALLING_AE_TITLES", "").split(",")
     if title.strip()
 ]
 # Associations served at once by each receiver process.
-DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "10"))
+DICOM_MAX_ASSOCIATIONS = _int_from_env("VIEWBOX_DICOM_MAX_ASSOCIATIONS", 10, 1)
 # Receiver processes sharing the port. One process serves its associations
 # in threads, which take turns on Python's global interpreter lock. None
 # lets run_dicom_receiver start two per CPU, because each process spends
@@ -352,7 +386,7 @@ DICOM_MAX_ASSOCIATIONS = int(os.environ.get("VIEWBOX_DICOM_MAX_ASSOCIATIONS", "1
 # and two 10% more than one (bench/store.py, SQLite, which takes one writer
 # at a time).
 DICOM_RECEIVER_PROCESSES = (
-    int(os.environ["VIEWBOX_DICOM_RECEIVER_PROCESSES"])
+    _int_from_env("VIEWBOX_DICOM_RECEIVER_PROCESSES", 1, 1)
     if os.environ.get("VIEWBOX_DICOM_RECEIVER_PROCESSES")
     else None
 )
@@ -361,9 +395,7 @@ STOW_TOKEN_SHA256 = [
     for digest in os.environ.get("VIEWBOX_STOW_TOKEN_SHA256", "").split(",")
     if digest.strip()
 ]
-STOW_MAX_REQUEST_BYTES = int(
-    os.environ.get("VIEWBOX_STOW_MAX_REQUEST_BYTES", str(4 * 1024**3))
-)
+STOW_MAX_REQUEST_BYTES = _int_from_env("VIEWBOX_STOW_MAX_REQUEST_BYTES", 4 * 1024**3, 1)
 
 # Audit log. Each entry's hash is keyed with AUDIT_CHAIN_KEY
 # (VIEWBOX_AUDIT_KEY, or a file made in DATA_DIR on first use), so someone
@@ -413,14 +445,8 @@ FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
 # One DICOM file, checked before it is parsed (VIEWBOX_DICOM_MAX_FILE_BYTES).
-DICOM_MAX_FILE_BYTES = int(
-    os.environ.get("VIEWBOX_DICOM_MAX_FILE_BYTES", str(2 * 1024**3))
-)
+DICOM_MAX_FILE_BYTES = _int_from_env("VIEWBOX_DICOM_MAX_FILE_BYTES", 2 * 1024**3, 1)
 # One HL7 message, in characters, and one file of messages, in bytes. A
 # report with an embedded PDF (base64 in OBX-5) can run to megabytes.
-HL7_MAX_MESSAGE_LENGTH = int(
-    os.environ.get("VIEWBOX_HL7_MAX_MESSAGE_LENGTH", str(8 * 1024**2))
-)
-HL7_MAX_FILE_BYTES = int(
-    os.environ.get("VIEWBOX_HL7_MAX_FILE_BYTES", str(256 * 1024**2))
-)
+HL7_MAX_MESSAGE_LENGTH = _int_from_env("VIEWBOX_HL7_MAX_MESSAGE_LENGTH", 8 * 1024**2, 1)
+HL7_MAX_FILE_BYTES = _int_from_env("VIEWBOX_HL7_MAX_FILE_BYTES", 256 * 1024**2, 1)

@@ -301,6 +301,10 @@ class _Association:
         # A response decided before the data set arrived: the data set is
         # read and dropped, then this is sent.
         self.refusal: tuple[int, bytes] | None = None
+        # Requests rejected with status 0x0122 or 0x0211. Only the first is
+        # logged at once, so that a peer sending them in a loop cannot flood
+        # the log.
+        self.rejected_requests = 0
         self.lock = threading.Lock()
         # True while the association waits for the first PDU of a message,
         # when shutdown() may close it without losing a request.
@@ -432,6 +436,13 @@ class _Association:
             self._respond(context_id, response)
             return
         if command_field != pdu.C_STORE_RQ or not has_data_set:
+            if command_field == pdu.C_STORE_RQ:
+                reason = "the C-STORE request has no data set"
+            elif command_field == pdu.C_ECHO_RQ:
+                reason = "the C-ECHO request has a data set"
+            else:
+                reason = "the receiver serves only C-STORE and C-ECHO requests"
+            self._log_rejection(STATUS_UNRECOGNIZED_OPERATION, reason)
             self._refuse(
                 context_id,
                 pdu.encode_response(
@@ -448,6 +459,10 @@ class _Association:
         elif sop_class_uid != context.abstract_syntax:
             refusal_comment = "The SOP Class differs from the context's"
         if refusal_comment:
+            self._log_rejection(
+                STATUS_SOP_CLASS_NOT_SUPPORTED,
+                refusal_comment[0].lower() + refusal_comment[1:],
+            )
             self._refuse(
                 context_id,
                 _store_response(
@@ -486,6 +501,22 @@ class _Association:
                     StoreResult(STATUS_OUT_OF_RESOURCES, "Storage failed; retry later"),
                 ),
                 has_data_set,
+            )
+
+    def _log_rejection(self, status: int, reason: str) -> None:
+        """Log the association's first rejected request, and count every one.
+
+        The reason names no UID or other value from the request. run() logs
+        the count when the association ends.
+        """
+        self.rejected_requests += 1
+        if self.rejected_requests == 1:
+            logger.warning(
+                "Rejected a request from %s at %s with status 0x%04X: %s",
+                self.calling_ae_title,
+                self.address,
+                status,
+                reason,
             )
 
     def _refuse(self, context_id: int, response: bytes, has_data_set: bool) -> None:
@@ -592,6 +623,12 @@ class _Association:
         except (_Aborted, OSError) as error:
             logger.info("Ended %s: %s", self._description(), error)
         finally:
+            if self.rejected_requests > 1:
+                logger.warning(
+                    "Rejected %d requests in all in %s",
+                    self.rejected_requests,
+                    self._description(),
+                )
             if self.pending is not None:
                 logger.warning(
                     "Dropped an incomplete C-STORE data set from %s",

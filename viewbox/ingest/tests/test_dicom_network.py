@@ -7,6 +7,7 @@ Rejected and broken cases come first.
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -859,9 +860,18 @@ class TestEcho:
         assert "Received Echo Response (Success)" in result.stderr
 
 
+def rejection_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Return the logged rejections, with the peer's port replaced by PORT."""
+    return [
+        re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", record.getMessage())
+        for record in caplog.records
+        if re.match(r"Rejected (a request|\d+ requests) ", record.getMessage())
+    ]
+
+
 class TestUnsupportedRequests:
     def test_sop_class_unlike_context_is_rejected(
-        self, server, connect, settings, small_ct
+        self, server, connect, settings, small_ct, caplog
     ) -> None:
         peer = connect()
         peer.associate()
@@ -874,9 +884,15 @@ class TestUnsupportedRequests:
         }
         assert_nothing_kept(server, settings)
         assert peer.echo(2).fields == echo_response(2)
+        assert rejection_lines(caplog) == [
+            "Rejected a request from STORESCU at 127.0.0.1:PORT with status 0x0122: "
+            "the SOP Class differs from the context's"
+        ]
+        assert MR_IMAGE not in caplog.text
+        assert small_ct.sop_instance_uid not in caplog.text
 
     def test_find_is_rejected_and_association_continues(
-        self, server, connect, settings, small_ct
+        self, server, connect, settings, small_ct, caplog
     ) -> None:
         peer = connect()
         peer.associate()
@@ -890,6 +906,11 @@ class TestUnsupportedRequests:
             "status": 0x0211,
         }
         assert peer.echo(6).fields == echo_response(6)
+        assert rejection_lines(caplog) == [
+            "Rejected a request from STORESCU at 127.0.0.1:PORT with status 0x0211: "
+            "the receiver serves only C-STORE and C-ECHO requests"
+        ]
+        assert CT_IMAGE not in caplog.text
         peer.send_command(
             1, c_store_rq(7, small_ct.sop_class_uid, small_ct.sop_instance_uid)
         )
@@ -899,7 +920,9 @@ class TestUnsupportedRequests:
         )
         assert Instance.objects.get().sop_instance_uid == small_ct.sop_instance_uid
 
-    def test_echo_with_data_set_is_rejected(self, server, connect, settings) -> None:
+    def test_echo_with_data_set_is_rejected(
+        self, server, connect, settings, caplog
+    ) -> None:
         peer = connect()
         peer.associate()
         command = c_echo_rq(3).replace(
@@ -915,6 +938,50 @@ class TestUnsupportedRequests:
             "status": 0x0211,
         }
         assert peer.echo(4).fields == echo_response(4)
+        assert rejection_lines(caplog) == [
+            "Rejected a request from STORESCU at 127.0.0.1:PORT with status 0x0211: "
+            "the C-ECHO request has a data set"
+        ]
+
+    def test_store_without_data_set_is_rejected(
+        self, server, connect, settings, small_ct, caplog
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        command = c_store_rq(
+            8, small_ct.sop_class_uid, small_ct.sop_instance_uid
+        ).replace(
+            element(0x0800, unsigned_short(0x0000)),
+            element(0x0800, unsigned_short(0x0101)),
+        )
+        peer.send_command(1, command)
+        assert peer.read_response().fields["status"] == 0x0211
+        assert_nothing_kept(server, settings)
+        assert rejection_lines(caplog) == [
+            "Rejected a request from STORESCU at 127.0.0.1:PORT with status 0x0211: "
+            "the C-STORE request has no data set"
+        ]
+
+    def test_repeated_rejections_are_counted(
+        self, server, connect, small_ct, caplog
+    ) -> None:
+        peer = connect()
+        peer.associate()
+        for message_id in range(1, 6):
+            peer.send_command(
+                1, c_store_rq(message_id, MR_IMAGE, small_ct.sop_instance_uid)
+            )
+            peer.send_data_set(1, small_ct.data_set)
+            assert peer.read_response().fields["status"] == 0x0122
+        peer.send(release_rq())
+        assert peer.rest() == [(A_RELEASE_RP, bytes(4))]
+        wait_for(lambda: len(rejection_lines(caplog)) == 2)
+        assert rejection_lines(caplog) == [
+            "Rejected a request from STORESCU at 127.0.0.1:PORT with status 0x0122: "
+            "the SOP Class differs from the context's",
+            "Rejected 5 requests in all in the association from STORESCU at "
+            "127.0.0.1:PORT",
+        ]
 
 
 class TestDataSetSizeLimit:

@@ -19,8 +19,8 @@ def _error(status: int, message: str) -> HttpResponse:
     return HttpResponse(message, status=status, content_type="text/plain")
 
 
-def _multipart_boundary(content_type: str) -> bytes | None:
-    """Return the boundary of a multipart/related; type="application/dicom" type."""
+def _dicom_multipart_header(content_type: str) -> Message | None:
+    """Return the parsed header if it is multipart/related of application/dicom."""
     header = Message()
     header["content-type"] = content_type
     if header.get_content_type() != "multipart/related":
@@ -28,8 +28,7 @@ def _multipart_boundary(content_type: str) -> bytes | None:
     part_type = header.get_param("type")
     if not isinstance(part_type, str) or part_type.lower() != "application/dicom":
         return None
-    boundary = header.get_param("boundary")
-    return boundary.encode("latin-1") if isinstance(boundary, str) else None
+    return header
 
 
 # Callers authenticate with a bearer token, not a session cookie, so a
@@ -44,9 +43,19 @@ def store_studies(request: HttpRequest, study: str | None = None) -> HttpRespons
         response["WWW-Authenticate"] = 'Bearer realm="dicomweb"'
         return response
 
-    boundary = _multipart_boundary(request.headers.get("Content-Type", ""))
-    if boundary is None:
+    header = _dicom_multipart_header(request.headers.get("Content-Type", ""))
+    if header is None:
         return _error(415, 'Send multipart/related; type="application/dicom".')
+    # The media type is right, so a missing boundary is a malformed request,
+    # not an unsupported one.
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        logger.warning("Refused a STOW-RS request without a multipart boundary")
+        return _error(
+            400,
+            "Missing boundary parameter in the Content-Type: send "
+            'multipart/related; type="application/dicom"; boundary=BOUNDARY.',
+        )
     try:
         length = int(request.headers.get("Content-Length", ""))
     except ValueError:
@@ -58,7 +67,7 @@ def store_studies(request: HttpRequest, study: str | None = None) -> HttpRespons
         )
 
     try:
-        result = store_instances(request, boundary, study)
+        result = store_instances(request, boundary.encode("latin-1"), study)
     except MalformedBodyError as error:
         logger.warning("Refused a malformed STOW-RS body: %s", error)
         return _error(400, f"Malformed multipart body: {error}.")

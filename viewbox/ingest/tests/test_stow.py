@@ -140,6 +140,28 @@ class TestStowBody:
         )
         assert response.status_code == 415
 
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            'multipart/related; type="application/dicom"',
+            'multipart/related; type="application/dicom"; boundary=""',
+            'multipart/related; boundary=""; type="application/dicom"',
+        ],
+    )
+    def test_missing_boundary_parameter_is_rejected(
+        self, ct_file, content_type, caplog
+    ) -> None:
+        response = post(
+            Client(), multipart(ct_file.read_bytes()), content_type=content_type
+        )
+        assert response.status_code == 400
+        assert response.content == (
+            b"Missing boundary parameter in the Content-Type: send "
+            b'multipart/related; type="application/dicom"; boundary=BOUNDARY.'
+        )
+        assert Instance.objects.count() == 0
+        assert "Refused a STOW-RS request without a multipart boundary" in (caplog.text)
+
     def test_body_over_limit_is_refused(self, settings, ct_file) -> None:
         settings.STOW_MAX_REQUEST_BYTES = 1000
         response = post(Client(), multipart(ct_file.read_bytes()))

@@ -1,4 +1,4 @@
-"""Whole-number settings read from the environment, through manage.py."""
+"""Whole-number settings from the environment, and --port, through manage.py."""
 
 import os
 import subprocess
@@ -153,3 +153,29 @@ class TestNumberSettings:
         )
         assert result.returncode == 0, result.stderr
         assert "System check identified no issues" in result.stdout
+
+
+class TestPortArguments:
+    @pytest.mark.parametrize("command", ["run_dicom_receiver", "run_hl7_listener"])
+    @pytest.mark.parametrize(
+        ("value", "problem"),
+        [
+            ("70000", "out of range"),
+            ("-1", "out of range"),
+            ("abc", "not a whole number"),
+        ],
+    )
+    def test_invalid_port_is_rejected(self, tmp_path, command, value, problem) -> None:
+        result = run_manage(
+            tmp_path,
+            command,
+            "--port",
+            value,
+            VIEWBOX_DICOM_CALLING_AE_TITLES="MODALITY",
+        )
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert result.stderr.endswith(
+            f"manage.py {command}: error: argument --port: invalid port "
+            f"{value!r}: {problem}; use 0 to 65535\n"
+        )

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, connection
 
 from viewbox.ingest.dicom_receiver import start_receiver
+from viewbox.ingest.management.arguments import listen_port
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--port",
-            type=int,
+            type=listen_port,
             default=settings.DICOM_PORT,
             help="TCP port to listen on (default: VIEWBOX_DICOM_PORT or 11112)",
         )

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from viewbox.ingest.management.arguments import listen_port
 from viewbox.ingest.mllp import HL7Listener
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--port",
-            type=int,
+            type=listen_port,
             default=settings.HL7_LISTENER_PORT,
             help="TCP port (default: %(default)s, from VIEWBOX_HL7_PORT)",
         )

@@ -238,6 +238,22 @@ class TestAnswerEmail:
         ]:
             assert private not in whole, private
 
+    def test_approval_email_gives_the_date_in_the_locations_time_zone(
+        self, staff_client, exam, expired_code, mail_catcher
+    ) -> None:
+        # Approved at 11:21 PM PST on December 4, so the code stops at
+        # 11:21 PM PST on March 4, which is already March 5 in UTC.
+        approved = datetime(2026, 12, 5, 7, 21, tzinfo=UTC)
+        ask_for_help(Client(), exam, expired_code[1])
+        help_request = HelpRequest.objects.get()
+        with time_machine.travel(approved, tick=False):
+            approve(staff_client, help_request)
+            send_help_answer.call(help_request.pk, START)
+
+        whole = mail_catcher.wait_for_count(1)[0].as_string()
+        assert "March 5, 2027" not in whole
+        assert "works again until March 4, 2027" in whole
+
     def test_decline_email_says_to_call(
         self, staff_client, exam, expired_code, mail_catcher
     ) -> None:

@@ -238,7 +238,7 @@ class TestAnswerEmail:
         ]:
             assert private not in whole, private
 
-    def test_approval_email_gives_the_date_in_the_locations_time_zone(
+    def test_approval_date_in_location_zone(
         self, staff_client, exam, expired_code, mail_catcher
     ) -> None:
         # Approved at 11:21 PM PST on December 4, so the code stops at

@@ -18,6 +18,7 @@ from django.http import Http404, HttpRequest
 from django.utils import timezone
 
 from viewbox.access import throttle
+from viewbox.access.models import ICode
 from viewbox.access.scope import (
     SESSION_SHARE_ID,
     SESSION_SIGNED_IN_AT,
@@ -103,6 +104,18 @@ def end_of_day(day: date, time_zone: ZoneInfo) -> datetime:
 
 def link_time_zone(exams: Sequence[Exam]) -> ZoneInfo:
     return ZoneInfo(exams[0].visit.location.state.time_zone)
+
+
+def icode_end_date(icode: ICode, exams: Sequence[Exam]) -> date:
+    """Return the local date on which links made with ``icode`` stop working."""
+    return icode.expires_at.astimezone(link_time_zone(exams)).date()
+
+
+def works_through(link: ShareLink, exams: Sequence[Exam]) -> date:
+    """Return a link's last day: its own date, or its I-Code's end if earlier."""
+    if link.icode is None or not exams:
+        return link.expires_on
+    return min(link.expires_on, icode_end_date(link.icode, exams))
 
 
 def create_link(

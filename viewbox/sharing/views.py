@@ -98,7 +98,7 @@ def _icode_expiry(requester: Requester, exams: list[Exam]) -> Any:
     if requester.kind != "icode":
         return None
     icode = ICode.objects.get(pk=requester.actor_id)
-    return icode.expires_at.astimezone(actions.link_time_zone(exams)).date()
+    return actions.icode_end_date(icode, exams)
 
 
 def _initial(
@@ -138,11 +138,15 @@ def links(request: HttpRequest, requester: Requester) -> HttpResponse:
     context = exam_context(request, requester, None, "")
     exams = context["exams"]
     context["time_zone"] = actions.link_time_zone(exams) if exams else UTC
-    context["links"] = list(
+    own_links = (
         actions.links_for(requester)
         .select_related("icode", "account__user")
-        .prefetch_related("exams__visit__location")
+        .prefetch_related("exams__visit__location__state")
     )
+    context["links"] = [
+        (link, actions.works_through(link, list(link.exams.all())))
+        for link in own_links
+    ]
     return render(request, "sharing/links.html", context)
 
 
@@ -153,6 +157,7 @@ def _detail_context(
     exams = list(link.exams.select_related("visit__location__state"))
     context.update(
         {
+            "works_through": actions.works_through(link, exams),
             "time_zone": actions.link_time_zone(exams) if exams else UTC,
             "link": link,
             "link_exams": exams,

@@ -725,6 +725,26 @@ class TestMySharedLinks:
         knee.refresh_from_db()
         assert knee.revoked_at is None
 
+    def test_end_date_of_account_link(self, patient, records) -> None:
+        create_link(patient, [records["shared"]], expires_on="9999-12-31")
+        listing = patient.get(reverse("sharing:links")).content.decode()
+        assert "December 31, 9999" in listing
+
+    def test_end_date_of_icode_link(self, records) -> None:
+        # The I-Code was issued at NOW, so it ends on March 4, 2027 in Maryland.
+        client = Client()
+        sign_in_with_icode(client, records["shared"])
+        create_link(client, [records["shared"]], expires_on="9999-12-31")
+        create_link(client, [records["shared"]], expires_on="2027-01-15")
+        listing = client.get(reverse("sharing:links")).content.decode()
+        assert "December 31, 9999" not in listing
+        assert "March 4, 2027" in listing
+        assert "January 15, 2027" in listing
+        link = ShareLink.objects.get(expires_on=date(9999, 12, 31))
+        detail = client.get(reverse("sharing:detail", args=[link.public_id]))
+        assert "December 31, 9999" not in detail.content.decode()
+        assert "March 4, 2027" in detail.content.decode()
+
     def test_another_patients_links_cannot_be_reached(self, records, maryland) -> None:
         olive = Client()
         sign_in_with_icode(olive, records["others"])

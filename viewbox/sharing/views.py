@@ -126,8 +126,11 @@ def created(request: HttpRequest, requester: Requester, link_id: str) -> HttpRes
     if new_link.get("link") == str(link.public_id):
         url = new_link["url"]
         del request.session[SESSION_NEW_LINK]
+    exams = list(link.exams.select_related("visit__location__state"))
     context = exam_context(request, requester, None, "")
-    context.update({"link": link, "url": url})
+    context.update(
+        {"link": link, "url": url, "works_through": actions.works_through(link, exams)}
+    )
     return render(request, "sharing/created.html", context)
 
 

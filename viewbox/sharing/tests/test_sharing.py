@@ -734,7 +734,10 @@ class TestMySharedLinks:
         # The I-Code was issued at NOW, so it ends on March 4, 2027 in Maryland.
         client = Client()
         sign_in_with_icode(client, records["shared"])
-        create_link(client, [records["shared"]], expires_on="9999-12-31")
+        form = share_form([records["shared"]], expires_on="9999-12-31")
+        created = client.get(client.post(reverse("sharing:create"), form)["Location"])
+        assert "December 31, 9999" not in created.content.decode()
+        assert "works through March 4, 2027" in created.content.decode()
         create_link(client, [records["shared"]], expires_on="2027-01-15")
         listing = client.get(reverse("sharing:links")).content.decode()
         assert "December 31, 9999" not in listing

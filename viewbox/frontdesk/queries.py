@@ -85,7 +85,7 @@ def matching_icode(help_request: HelpRequest) -> ICode | None:
 
 def pending_help_requests() -> QuerySet[HelpRequest]:
     return HelpRequest.objects.filter(status=HelpRequest.Status.PENDING).select_related(
-        "location__group"
+        "location__group", "location__state"
     )
 
 

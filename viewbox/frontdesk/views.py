@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
@@ -127,6 +128,8 @@ def _visit_context(visit: Visit, form: PrintPassForm) -> dict[str, Any]:
         "visit": visit,
         "form": form,
         "icodes": visit.icodes.order_by("-issued_at").prefetch_related("exams"),
+        # The admin's base template overwrites a context variable "time_zone".
+        "local_zone": ZoneInfo(visit.location.state.time_zone),
     }
 
 
@@ -160,7 +163,11 @@ def print_pass(request: HttpRequest, visit_id: int) -> HttpResponse:
 @staff_required
 def help_queue(request: HttpRequest) -> HttpResponse:
     rows = [
-        {"request": help_request, "icode": queries.matching_icode(help_request)}
+        {
+            "request": help_request,
+            "icode": queries.matching_icode(help_request),
+            "local_zone": ZoneInfo(help_request.location.state.time_zone),
+        }
         for help_request in queries.pending_help_requests()
     ]
     context = {"title": _("Get Help requests"), "rows": rows}

@@ -123,6 +123,14 @@ class TestAnswerHelp:
         assert ICode.objects.get().expires_at == icode.expires_at
         assert not AuditEvent.objects.filter(action="icode.help_approve").exists()
 
+    def test_queue_time_in_location_zone(self, staff_client, exam, expired_code):
+        # 7:21 AM UTC on December 5 is 11:21 PM on December 4 in California.
+        with time_machine.travel(datetime(2026, 12, 5, 7, 21, tzinfo=UTC)):
+            ask_for_help(Client(), exam, expired_code[1])
+        queue = staff_client.get(reverse("frontdesk:help_queue")).content.decode()
+        assert "7:21 AM" not in queue
+        assert "December 4, 2026, 11:21 PM PST" in queue
+
     def test_wrong_name_cannot_be_approved(self, staff_client, exam, expired_code):
         ask_for_help(Client(), exam, expired_code[1], name="Fiona Otherpatient")
         approve(staff_client, HelpRequest.objects.get())

@@ -1,8 +1,9 @@
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 import segno
+import time_machine
 from django.urls import reverse
 
 from viewbox.access import codes
@@ -53,6 +54,15 @@ class TestFindVisit:
     def test_visit_page_lists_its_exams(self, staff_client, exam) -> None:
         response = staff_client.get(reverse("frontdesk:visit", args=[exam.visit_id]))
         assert b"ACC-FD-1: CT CHEST WITHOUT CONTRAST" in response.content
+
+    def test_icode_times_in_location_zone(self, staff_client, exam) -> None:
+        # 7:21 AM UTC on December 5 is 11:21 PM on December 4 in California.
+        with time_machine.travel(datetime(2026, 12, 5, 7, 21, tzinfo=UTC)):
+            issue_icode(exam.visit)
+        response = staff_client.get(reverse("frontdesk:visit", args=[exam.visit_id]))
+        page = response.content.decode()
+        assert "7:21 AM" not in page
+        assert "December 4, 2026, 11:21 PM PST" in page
 
 
 @pytest.mark.django_db

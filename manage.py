@@ -3,8 +3,8 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # The database, logs and stored files hold health information: whatever
-    # a command creates is for the service's user alone.
+    # The database, logs and stored files contain health information, so
+    # only the service's user may read what a command creates.
     os.umask(0o077)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "viewbox.settings")
     from django.conf import settings

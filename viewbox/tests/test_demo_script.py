@@ -146,7 +146,7 @@ def run_until_exit(environment: dict[str, str]) -> tuple[int, str, str]:
 
 class TestDemoPorts:
     def test_taken_web_port_stops_the_demo(self, tmp_path) -> None:
-        # Another web server holds the port, as a demo started earlier would.
+        # Another web server listens on the port, as a demo started earlier would.
         with socket.create_server(("127.0.0.1", 0)) as other:
             port = other.getsockname()[1]
             environment = demo_environment(tmp_path / "data", port, free_port())

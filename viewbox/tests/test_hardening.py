@@ -27,8 +27,13 @@ KEY = "k" * 30 + "-not-a-real-production-key-" + "q" * 10
 PASSWORD = "a long passphrase for Fiona"  # noqa: S105 (test account)
 
 
-def run_manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """Run manage.py with the production profile and only the given keys set."""
+def run_manage(
+    tmp_path: Path,
+    *args: str,
+    settings_module: str = "viewbox.settings_production",
+    **env: str,
+) -> subprocess.CompletedProcess:
+    """Run manage.py with settings_module and only the given keys set."""
     base = {
         name: value
         for name, value in os.environ.items()
@@ -38,7 +43,7 @@ def run_manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPr
         [sys.executable, str(REPO / "manage.py"), *args],
         env={
             **base,
-            "DJANGO_SETTINGS_MODULE": "viewbox.settings_production",
+            "DJANGO_SETTINGS_MODULE": settings_module,
             "VIEWBOX_DATA_DIR": str(tmp_path),
             **env,
         },

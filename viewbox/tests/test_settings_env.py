@@ -1,13 +1,11 @@
 """Whole-number settings from the environment, and --port, through manage.py."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from viewbox.tests.test_hardening import run_manage as run_manage_with
 
 # Every whole-number variable and the range that the settings allow.
 NUMBER_VARIABLES = {
@@ -30,24 +28,7 @@ NUMBER_VARIABLES = {
 
 def run_manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """Run manage.py with the development settings and only the given keys set."""
-    base = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("VIEWBOX_") or name == "VIEWBOX_DATABASE_URL"
-    }
-    return subprocess.run(
-        [sys.executable, str(REPO / "manage.py"), *args],
-        env={
-            **base,
-            "DJANGO_SETTINGS_MODULE": "viewbox.settings",
-            "VIEWBOX_DATA_DIR": str(tmp_path),
-            **env,
-        },
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_manage_with(tmp_path, *args, settings_module="viewbox.settings", **env)
 
 
 def assert_rejected(result: subprocess.CompletedProcess, line: str) -> None:

@@ -59,7 +59,7 @@ class TestNarrowScreen:
         patient.get_by_role("heading", name="My shared links").wait_for()
         assert page_width(patient) <= WIDTH
 
-        # Someone asks for help with Alice's code, so the request matches.
+        # A Get Help request with Alice's code, so that the request matches.
         code, birth = demo_code(codes, "Alice", "West Los Angeles")
         month, day, year = birth.split("/")
         name = re.search(r"^\s+(Alice \S+)$", codes, re.MULTILINE)
